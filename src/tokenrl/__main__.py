@@ -1,0 +1,5 @@
+import sys
+
+from tokenrl.cli import main
+
+sys.exit(main())

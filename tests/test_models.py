@@ -1,0 +1,143 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenrl.models import (
+    LoraSpec,
+    ModelError,
+    TinySpec,
+    apply_lora,
+    build_byte_tokenizer,
+    load_model,
+)
+
+TOK = build_byte_tokenizer()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_byte_tokenizer_round_trips_any_text(text):
+    ids = TOK(text, add_special_tokens=False)["input_ids"]
+    assert TOK.decode(ids) == text
+    # every byte is one token: no merges
+    assert len(ids) == len(text.encode("utf-8"))
+
+
+def test_tiny_is_deterministic_from_its_seed():
+    a = load_model("tiny:seed=3").model
+    b = load_model("tiny:seed=3").model
+    c = load_model("tiny:seed=4").model
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.layers.0.mlp.up_proj.weight"], sc["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_tiny_options_parse_and_errors():
+    s = TinySpec.parse("tiny:hidden=64,layers=3,heads=2,kv_heads=1")
+    assert (s.hidden, s.layers, s.heads, s.kv_heads) == (64, 3, 2, 1)
+    m = load_model("tiny:hidden=64,layers=3,heads=2,kv_heads=1").model
+    assert m.config.num_hidden_layers == 3 and m.config.hidden_size == 64
+    with pytest.raises(ModelError, match="allowed keys"):
+        TinySpec.parse("tiny:width=3")
+    with pytest.raises(ModelError, match="integer"):
+        TinySpec.parse("tiny:hidden=big")
+
+
+def test_tiny_saves_and_reloads_offline_with_identical_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("tiny")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    text = "12*34=408\n héllo"
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    assert again.tokenizer.decode(ids[0]) == text
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, again.model(ids).logits)
+    assert again.tokenizer.pad_token_id == lm.tokenizer.pad_token_id
+    assert again.tokenizer.eos_token_id == lm.tokenizer.eos_token_id
+
+
+def test_unknown_model_gives_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="not a built-in name"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def _lora_names(model):
+    return {n for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_lora_step_changes_only_the_adapter():
+    lm = load_model("tiny", lora=LoraSpec(r=4, alpha=8))
+    model = lm.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and trainable == _lora_names(model)
+    # default targets: all attention and MLP projections of every layer (2 layers x 7 x A,B)
+    assert len(trainable) == 2 * 7 * 2
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = lm.tokenizer("12*3=36", return_tensors="pt").input_ids
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed, "the optimiser step changed nothing"
+    assert changed <= trainable
+    assert any("lora_B" in n for n in changed)
+
+
+def test_lora_on_a_subset_of_layers():
+    lm = load_model("tiny:layers=4", lora=LoraSpec(r=2, layers=(2, 3), target_modules=("q_proj", "v_proj")))
+    names = _lora_names(lm.model)
+    assert names and all(".layers.2." in n or ".layers.3." in n for n in names)
+    assert len(names) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+
+
+def test_disabled_adapter_is_the_base_model():
+    base = load_model("tiny").model
+    lm = load_model("tiny", lora=LoraSpec(r=4))
+    with torch.no_grad():
+        for n, p in lm.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a non-trivial adapter (B starts at zero)
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
+    with torch.no_grad():
+        ref = base(ids).logits
+        adapted = lm.model(ids).logits
+        with lm.model.disable_adapter():
+            disabled = lm.model(ids).logits
+    assert not torch.allclose(adapted, ref)
+    assert torch.allclose(disabled, ref, atol=1e-6)
+
+
+def test_adapter_saves_in_peft_format_and_reloads(tmp_path):
+    lm = load_model("tiny", lora=LoraSpec(r=4))
+    with torch.no_grad():
+        for n, p in lm.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    lm.model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").exists()
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    again = load_model("tiny", adapter=tmp_path)
+    ids = torch.tensor([[5, 17, 99, 3]])
+    with torch.no_grad():
+        assert torch.allclose(lm.model(ids).logits, again.model(ids).logits, atol=1e-6)
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        load_model("tiny", adapter=tmp_path / "missing")
+
+
+def test_apply_lora_is_seeded():
+    a = apply_lora(load_model("tiny").model, LoraSpec(r=4, seed=1))
+    b = apply_lora(load_model("tiny").model, LoraSpec(r=4, seed=1))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_bf16_dtype():
+    lm = load_model("tiny", dtype="bf16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="unknown dtype"):
+        load_model("tiny", dtype="fp8")

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from tokenrl.rollout import SamplingConfig, _finished_length, generate_rollouts
+
+PROMPTS = ["12*3=", "7*8=", "100*2="]
+
+
+def test_shapes_masks_and_grouping(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    b = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=7), group_size=4)
+    assert b.prompt_ids.shape == (12, 6)  # longest prompt "100*2=" is 6 bytes
+    assert b.completion_ids.shape == (12, 7)
+    assert b.group_size == 4 and b.num_prompts == 3
+    assert b.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # left padding: "12*3=" (5 bytes) has one pad on the left
+    assert b.prompt_mask[0].tolist() == [False, True, True, True, True, True]
+    assert tok.decode(b.prompt_ids[0][b.prompt_mask[0]]) == "12*3="
+    assert tok.decode(b.prompt_ids[8][b.prompt_mask[8]]) == "100*2="
+    assert b.input_ids.shape == b.attention_mask.shape == (12, 13)
+    # a random tiny model never says EOS within 7 tokens: all rows run to the limit
+    assert b.truncated.all() and b.completion_mask.all()
+    assert b.completion_token_lists()[0] == b.completion_ids[0].tolist()
+
+
+def test_seeding(tiny):
+    model, tok = tiny
+    cfg = SamplingConfig(max_new_tokens=6)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        runs.append(generate_rollouts(model, tok, PROMPTS, cfg, group_size=2).completion_ids)
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_shared_prefill_matches_per_row_encoding_greedy(tiny):
+    model, tok = tiny
+    shared = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, greedy=True), group_size=3)
+    plain = generate_rollouts(
+        model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, greedy=True, shared_prefill=False), group_size=3
+    )
+    assert torch.equal(shared.completion_ids, plain.completion_ids)
+    # greedy: every completion of a group is the same
+    assert torch.equal(shared.completion_ids[0], shared.completion_ids[2])
+
+
+def test_eos_ends_a_completion_and_is_kept(tiny):
+    model, tok = tiny
+    # sampling with a fixed seed draws the same tokens until the stop (greedy repeats one token)
+    greedy = SamplingConfig(max_new_tokens=8)
+    torch.manual_seed(0)
+    free = generate_rollouts(model, tok, ["12*3="], greedy).completion_ids[0].tolist()
+    # declare the first greedy token not seen before (after the first) to be EOS:
+    # generation must stop there, with EOS in the mask
+    i = next(i for i in range(1, len(free)) if free[i] not in free[:i])
+    model.generation_config.eos_token_id = free[i]
+    torch.manual_seed(0)
+    b = generate_rollouts(model, tok, ["12*3="], greedy)
+    assert b.completion_mask[0].sum().item() == i + 1
+    assert b.completion_ids[0, : i + 1].tolist() == free[: i + 1]
+    assert not b.truncated[0]
+
+
+def test_stop_string_cuts_the_completion(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    free = generate_rollouts(model, tok, ["7*8="], SamplingConfig(max_new_tokens=8))
+    text = free.texts[0]
+    i = next(i for i in range(1, len(text)) if text[i] not in text[:i])
+    stop = text[i]
+    torch.manual_seed(0)
+    cut = generate_rollouts(model, tok, ["7*8="], SamplingConfig(max_new_tokens=8, stop=(stop,)))
+    assert cut.texts[0] == text[:i]
+    assert not cut.truncated[0]
+    n = cut.completion_mask[0].sum().item()
+    assert tok.decode(cut.completion_ids[0, :n]).endswith(stop)
+
+
+@pytest.mark.parametrize(
+    "ids, stop, expected",
+    [
+        ([5, 6, 0, 0], (), (3, False)),  # EOS (0) at index 2: kept, the rest is padding
+        ([5, 6, 7, 8], (), (4, True)),  # no EOS: truncated at the limit
+        ([5, 9, 0, 0], ("\n",), (2, False)),  # the stop string ends at token 9; 0s are padding
+        ([9, 9, 9, 9], ("\n",), (4, False)),  # stop string exactly at the limit: not truncated
+    ],
+)
+def test_finished_length(ids, stop, expected):
+    text = {5: "a", 6: "b", 7: "c", 8: "d", 9: "\n", 0: ""}
+
+    def text_of(xs):
+        return "".join(text[x] for x in xs)
+
+    assert _finished_length(ids, {0}, text_of, stop) == expected
+
+
+def test_batching_splits_work_but_not_results(tiny):
+    model, tok = tiny
+    big = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=5, greedy=True, batch_size=64), group_size=2)
+    small = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=5, greedy=True, batch_size=2), group_size=2)
+    assert torch.equal(big.completion_ids, small.completion_ids)
+    assert big.prompt_index.tolist() == small.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
