@@ -113,6 +113,173 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--task", required=True, help="multiplication[:AxB], svamp, gsm8k or jsonl:PATH")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="(default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    p.add_argument("--samples", type=int, default=1, help="completions per problem: 1 = greedy accuracy, K > 1 = pass@k with sampling")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature when --samples > 1 (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="(default: the task's own limit)")
+    p.add_argument("--style", default="auto", help="prompt style: auto, chat, plain, fewshot, compact (default: %(default)s)")
+    p.add_argument("--data-path", default=None, help="folder with svamp/ and gsm8k/ (default: $TOKENRL_DATA or ../shared/data)")
+    p.add_argument("--batch-size", type=int, default=64, help="completions generated at once (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder for eval.json and completions.jsonl (default: runs/eval-TASK-TIME)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+@command("eval", "held-out accuracy (greedy, with a 95%% CI) or pass@k of a model on a task")(_eval_args)
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from tokenrl.evaluation import default_max_new_tokens, evaluate
+    from tokenrl.models import load_model
+    from tokenrl.tasks import get_task
+
+    if args.samples < 1 or (args.limit is not None and args.limit < 1):
+        raise UsageError("--samples and --limit must be at least 1")
+    # Read and check the data before anything is loaded or written.
+    task = get_task(args.task, data_path=args.data_path, style=args.style)
+    examples = task.examples(args.split)[: args.limit]
+    if not examples:
+        raise UsageError(f"{args.task} has no {args.split} problems")
+    out = Path(args.out or f"runs/eval-{args.task.replace(':', '-').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    setup_torch(args)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, adapter=args.adapter)
+    torch.manual_seed(args.seed)
+    max_new = args.max_new_tokens or default_max_new_tokens(task, lm.tokenizer)
+    with Progress(transient=True) as bar:
+        job = bar.add_task(f"eval {args.task}", total=len(examples))
+        result = evaluate(
+            lm.model, lm.tokenizer, task, examples,
+            max_new_tokens=max_new, samples=args.samples, temperature=args.temperature,
+            batch_size=args.batch_size, on_progress=lambda n: bar.advance(job, n),
+        )  # fmt: skip
+    summary = {
+        "model": args.model, "adapter": args.adapter, "split": args.split, "style": task.resolve_style(lm.tokenizer),
+        "max_new_tokens": max_new, "dtype": args.dtype, **result.summary(),
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with open(out / "completions.jsonl", "w") as f:
+        for rec in result.records:
+            f.write(json.dumps(rec) + "\n")
+    lo, hi = result.ci95
+    con = Console()
+    con.print(f"[bold]{args.task}[/] {args.split} ({result.n} problems, {args.model}{' + ' + args.adapter if args.adapter else ''})")
+    con.print(f"accuracy {100 * result.accuracy:.1f}%  (95% CI {100 * lo:.1f}-{100 * hi:.1f})  {result.correct}/{result.n}")
+    for k, v in result.pass_at.items():
+        con.print(f"pass@{k} {100 * v:.1f}%")
+    for t, d in result.by_type.items():
+        con.print(f"  {t}: {100 * d['accuracy']:.1f}% of {d['n']}")
+    con.print(f"mean completion {result.mean_completion_tokens:.1f} tokens, truncated {100 * result.truncation_rate:.1f}%, "
+              f"{result.tokens_per_s:.0f} tokens/s")  # fmt: skip
+    con.print(f"wrote {out}/eval.json and completions.jsonl")
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from tokenrl.config import iter_options
+
+    p.add_argument("config", nargs="?", default=None, help="a YAML config (e.g. configs/quick.yaml); fields not in it keep their defaults")
+    p.add_argument("--model", default=None, help="shortcut for --model.name")
+    p.add_argument("--task", default=None, help="shortcut for --task.name")
+    p.add_argument("--algo", default=None, choices=["grpo", "sgrpo", "tspmo"], help="shortcut for --train.algo")
+    p.add_argument("--out", default=None, help="run folder (default: runs/ALGO-TASK-TIME)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its saved config")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to name an existing run folder (its contents are replaced)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group = p.add_argument_group("config fields (--SECTION.FIELD VALUE; lists as a,b,c; none for None)")
+    for key, type_text, default, doc in iter_options():
+        default_text = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar=type_text.upper().replace(" ", ""),
+                           help=f"{doc} (default: {default_text})".replace("%", "%%"))  # fmt: skip
+
+
+@command("train", "train a LoRA adapter with grpo, sgrpo or tspmo")(_train_args)
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from tokenrl.config import ConfigError, iter_options, load_config, parse_overrides
+
+    overrides = [(key, getattr(args, key)) for key, *_ in iter_options() if hasattr(args, key)]
+    for flag, key in (("model", "model.name"), ("task", "task.name"), ("algo", "train.algo")):
+        if getattr(args, flag) is not None:
+            overrides.insert(0, (key, getattr(args, flag)))
+    try:
+        overrides += parse_overrides(args.extra)
+        if args.resume:
+            out = Path(args.resume)
+            if not (out / "config.yaml").exists():
+                raise UsageError(f"--resume {out}: no config.yaml there, so it is not a tokenrl run folder")
+            extra = [k for k, _ in overrides if k != "train.steps"]
+            if args.config or extra:
+                raise UsageError(f"--resume uses the run's saved config.yaml; only --train.steps may change (got {', '.join(extra) or args.config})")
+            cfg = load_config(out / "config.yaml", overrides)
+        else:
+            cfg = load_config(args.config, overrides)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path(args.out or f"runs/{cfg.train.algo}-{cfg.task.name.replace(':', '-').replace('/', '_')}-{stamp}")
+            if out.exists() and any(out.iterdir()) and not args.overwrite:
+                raise UsageError(f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to replace it, or another --out")
+            if out.exists() and args.overwrite:
+                import shutil
+
+                shutil.rmtree(out)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    from tokenrl.trainer import train
+
+    setup_torch(args)
+    summary = train(cfg, out, resume=bool(args.resume))
+    before = summary.get("before", {}).get("accuracy")
+    after = summary["after"]["accuracy"]
+    msg = f"held-out accuracy {100 * after:.1f}%"
+    if before is not None:
+        msg = f"held-out accuracy {100 * before:.1f}% -> {100 * after:.1f}% ({summary['gain_points']:+.1f} points)"
+    print(f"{cfg.train.algo} on {cfg.task.name}: {msg}; run folder {out}")
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run folders written by tokenrl train")
+    p.add_argument("--out", default=None, help="write compare.png and compare.md here (default: the first run's parent)")
+
+
+@command("compare", "side-by-side table and plot of several runs")(_compare_args)
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tokenrl.compare import compare_runs
+
+    table = compare_runs([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    print(table)
+    return 0
+
+
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder (its config.yaml names the base model; adapter/ holds the LoRA weights)")
+    p.add_argument("out", help="folder for the merged model (loadable with from_pretrained)")
+
+
+@command("merge", "save base model + adapter as one plain model folder")(_merge_args)
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tokenrl.compare import merge_run
+
+    merge_run(Path(args.run), Path(args.out))
+    print(f"merged model written to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -130,17 +297,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split unknown ``--SECTION.FIELD [VALUE]`` tokens (and their values) out of ``argv``."""
+    from tokenrl.config import iter_options
+
+    known = {key for key, *_ in iter_options()}
+    kept: list[str] = []
+    extra: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        key = tok[2:].split("=", 1)[0]
+        if tok.startswith("--") and "." in key and key not in known:
+            take = 1 if "=" in tok or i + 1 >= len(argv) else 2
+            extra += argv[i : i + take]
+            i += take
+        else:
+            kept.append(tok)
+            i += 1
+    return kept, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, extra = _unknown_dotted(argv) if argv[:1] == ["train"] else (argv, [])
     args = parser.parse_args(argv)
+    args.extra = extra  # train: unknown --SECTION.FIELD keys get a "did you mean" message
     if args.command is None:
         parser.print_help()
         return 0
     from tokenrl.models import ModelError
+    from tokenrl.tasks import DataError, TaskError
+    from tokenrl.errors import RunError
 
     try:
         return COMMANDS[args.command][2](args) or 0
-    except (UsageError, ModelError) as err:
+    except (UsageError, ModelError, DataError, TaskError, RunError) as err:
         print(f"tokenrl {args.command}: error: {err}", file=sys.stderr)
         return 2
 
