@@ -1,0 +1,359 @@
+"""The algorithms by name: "grpo", "sgrpo", "tspmo", each a config class and a ``prepare``.
+
+``prepare(batch, rewards, cfg, generator) -> LossInputs`` does credit assignment and token
+selection (no model): which tokens enter the loss, with what advantage and weight, and how the
+terms are averaged. The trainer then computes log-probs at ``LossInputs.logprob_mask`` and calls
+:func:`~tokenrl.algorithms.losses.policy_loss`. See docs/algorithms.md for the whole sequence.
+
+Defaults are tagged **[paper]** (stated by Lee & Tong, arXiv 2504.20834, or the GRPO paper it
+builds on) or **[ours]** (our choice where the paper gives no value; see docs/paper.md).
+
+Shape legend: B = N * G rows (groups contiguous), T = padded completion length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tokenrl.algorithms.advantages import group_advantages, zero_std_fraction
+from tokenrl.algorithms.losses import AGGREGATIONS, LossInputs, make_loss_inputs
+from tokenrl.algorithms.replay import ReplayConfig
+from tokenrl.algorithms.selectors import SELECTORS, run_selector
+from tokenrl.algorithms.trie import WEIGHTINGS, group_pairs, pairs_to_token_tensors
+from tokenrl.rollout import RolloutBatch
+
+
+def _fail(what: str, why: str, fix: str) -> None:
+    raise ValueError(f"{what}: {why}. Fix: {fix}")
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+@dataclass
+class PolicyLossConfig:
+    """Loss settings shared by every algorithm."""
+
+    aggregation: str = "seq_mean"
+    """How token terms are averaged: "seq_mean" (mean per completion, then over completions:
+    original GRPO and S-GRPO [paper]), "token_mean" (over all loss tokens of the batch; for
+    T-SPMO the mean over unique pairs), "constant" (sum / (B * constant_normaliser), Dr. GRPO)."""
+
+    constant_normaliser: int | None = None
+    """Denominator per row for aggregation="constant"; set it to max_new_tokens."""
+
+    beta: float = 0.0
+    """KL(pi || reference) coefficient, k3 estimator, reference = the model with LoRA disabled.
+    0 [ours]: the paper calls the KL term optional; 0 skips a forward pass and the log-probs of
+    zero-advantage tokens. DeepSeekMath used 0.04."""
+
+    clip_low: float = 0.2
+    """PPO clip: ratios below 1 - clip_low stop pushing down (only used from the second inner
+    update on a batch; the first is on-policy with ratio 1). 0.2 [PPO/GRPO standard]."""
+
+    clip_high: float = 0.2
+    """PPO clip: ratios above 1 + clip_high stop pushing up. 0.2 [PPO/GRPO standard]; DAPO: 0.28."""
+
+    def validate(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            _fail(
+                f"aggregation={self.aggregation!r} is unknown",
+                "the loss cannot average its token terms",
+                f"choose one of {', '.join(AGGREGATIONS)}",
+            )
+        if self.aggregation == "constant" and (
+            self.constant_normaliser is None or self.constant_normaliser < 1
+        ):
+            _fail(
+                f"aggregation='constant' with constant_normaliser={self.constant_normaliser}",
+                "Dr. GRPO divides each row's sum by a fixed token count",
+                "set constant_normaliser to max_new_tokens",
+            )
+        if self.beta < 0:
+            _fail(
+                f"beta={self.beta} is negative",
+                "a negative KL weight rewards moving away from the reference",
+                "use beta >= 0 (0 = no KL term)",
+            )
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            _fail(
+                f"clip_low={self.clip_low}, clip_high={self.clip_high} is out of range",
+                "the ratio is clipped to [1 - clip_low, 1 + clip_high], which must hold 1",
+                "use 0 <= clip_low < 1 and clip_high >= 0 (0.2 is standard)",
+            )
+
+
+@dataclass
+class GRPOConfig(PolicyLossConfig):
+    """Full-token GRPO (DeepSeekMath, arXiv 2402.03300), or GRPO with a custom token selector."""
+
+    scale_by_std: bool = True
+    """Divide group-centred rewards by the group's (sample) reward std [paper]. False = Dr. GRPO."""
+
+    std_eps: float = 1e-4
+    """Added to the std before dividing [ours: TRL's value]; all-equal groups get A = 0 anyway."""
+
+    selector: str = "all"
+    """Token selector name in SELECTORS: "all" = every completion token (GRPO), "sgrpo", or one
+    added with register_selector."""
+
+    selector_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options passed to the selector."""
+
+    def selector_spec(self) -> tuple[str, dict[str, Any]]:
+        return self.selector, dict(self.selector_options)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.selector not in SELECTORS:
+            _fail(
+                f"selector={self.selector!r} is not registered",
+                "it picks the tokens of the loss",
+                f"choose one of {', '.join(sorted(SELECTORS))} or call register_selector first",
+            )
+        if self.std_eps < 0:
+            _fail(
+                f"std_eps={self.std_eps} is negative",
+                "it guards the division by the reward std",
+                "use a small positive value such as 1e-4",
+            )
+
+
+@dataclass
+class SGRPOConfig(PolicyLossConfig):
+    """S-GRPO: group advantages on a random token subset per completion [paper].
+
+    With alpha=16, p=0.3, k=64 [ours] a completion of n tokens keeps on average
+    min(k, alpha + p (n - alpha)) tokens: 41% of 100 tokens, 37% of 150, 32% of 200, inside the
+    30-50% the paper reports (short completions keep more: 65% of 32 tokens).
+    """
+
+    alpha: int = 16
+    """The first alpha completion tokens are always selected (they set the solution path)."""
+
+    p: float = 0.3
+    """Probability of selecting each later token while fewer than k are selected."""
+
+    k: int = 64
+    """Cap on selected tokens per completion, counting the first alpha; must be >= alpha."""
+
+    scale_by_std: bool = True
+    """As GRPOConfig.scale_by_std [paper]."""
+
+    std_eps: float = 1e-4
+    """As GRPOConfig.std_eps [ours]."""
+
+    def selector_spec(self) -> tuple[str, dict[str, Any]]:
+        return "sgrpo", {"alpha": self.alpha, "p": self.p, "k": self.k}
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.p <= 1.0:
+            _fail(
+                f"p={self.p} is not a probability",
+                "each token after alpha is selected with probability p",
+                "use 0 <= p <= 1 (0.3 selects about a third)",
+            )
+        if self.alpha < 0:
+            _fail(
+                f"alpha={self.alpha} is negative",
+                "alpha counts the always-selected first tokens",
+                "use alpha >= 0 (0 = no forced tokens)",
+            )
+        if self.k < 1:
+            _fail(
+                f"k={self.k} is below 1",
+                "k caps the selected tokens per completion, so no token would train",
+                "use k >= 1",
+            )
+        if self.k < self.alpha:
+            _fail(
+                f"k={self.k} < alpha={self.alpha}",
+                "the cap counts the always-selected tokens, so the first alpha would already "
+                "exceed it and no later token could be drawn",
+                "use k >= alpha (k == alpha keeps a fixed prefix)",
+            )
+
+
+@dataclass
+class TSPMOConfig(PolicyLossConfig):
+    """T-SPMO: credit on (prefix, next token) pairs of the group's prefix trie [paper; ours]."""
+
+    aggregation: str = "token_mean"
+    """Mean over unique pairs (each sits at one position), weighted by ``weighting`` [paper]."""
+
+    normalise_std: bool = True
+    """Divide A(p, v) by the group's (sample) reward std + std_eps, like GRPO's advantage [ours]."""
+
+    std_eps: float = 1e-4
+    """Added to the std before dividing [ours]."""
+
+    min_visits: int = 1
+    """Keep a pair only if at least this many completions pass through p + v [ours: all pairs]."""
+
+    weighting: str = "uniform"
+    """"uniform": each unique pair weighs 1 [paper: counts once]; "visit": weight N(p + v)."""
+
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """Replay: fresh groups continuing stored successful completions from a cut (see replay.py)."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.replay.validate()
+        if self.min_visits < 1:
+            _fail(
+                f"min_visits={self.min_visits} is below 1",
+                "every pair is visited at least once",
+                "use min_visits >= 1 (1 keeps every pair)",
+            )
+        if self.weighting not in WEIGHTINGS:
+            _fail(
+                f"weighting={self.weighting!r} is unknown",
+                "it sets how much each pair counts",
+                f"choose one of {', '.join(WEIGHTINGS)}",
+            )
+        if self.std_eps < 0:
+            _fail(
+                f"std_eps={self.std_eps} is negative",
+                "it guards the division by the reward std",
+                "use a small positive value such as 1e-4",
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare: credit assignment + token selection
+
+
+def _check_batch(batch: RolloutBatch, rewards: torch.Tensor) -> None:
+    B = batch.completion_ids.shape[0]
+    if rewards.shape != (B,):
+        raise ValueError(
+            f"rewards has shape {tuple(rewards.shape)}, expected ({B},): "
+            "one reward per completion row"
+        )
+
+
+def _forward_frac(logprob_mask: torch.Tensor, completion_mask: torch.Tensor) -> float:
+    """Completion tokens the body must run (rows cut after their last log-prob target) / all."""
+    T = logprob_mask.shape[1]
+    last = (logprob_mask * torch.arange(1, T + 1, device=logprob_mask.device)).amax(dim=1)  # [B]
+    return last.sum().item() / max(int(completion_mask.sum()), 1)
+
+
+def prepare_group(
+    batch: RolloutBatch,
+    rewards: torch.Tensor,
+    cfg: GRPOConfig | SGRPOConfig,
+    generator: torch.Generator | None,
+) -> LossInputs:
+    """GRPO / S-GRPO: group-normalised advantage A_i on the tokens chosen by the selector."""
+    _check_batch(batch, rewards)
+    G = batch.group_size
+    advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)  # [B]
+    name, options = cfg.selector_spec()
+    update_mask = run_selector(name, batch.completion_mask, generator, options)  # [B, T]
+    token_adv = advantages.to(update_mask.device)[:, None].expand(update_mask.shape)  # [B, T]
+    inputs = make_loss_inputs(
+        update_mask,
+        token_adv,
+        aggregation=cfg.aggregation,
+        constant=cfg.constant_normaliser,
+        beta=cfg.beta,
+    )
+    n_tokens = max(int(batch.completion_mask.sum()), 1)
+    inputs.metrics.update(
+        {
+            "tokens/update_frac": update_mask.sum().item() / n_tokens,
+            "tokens/forward_frac": _forward_frac(inputs.logprob_mask, batch.completion_mask),
+            "reward/zero_std_frac": zero_std_fraction(rewards, G),
+            "adv/abs_mean": advantages.abs().mean().item(),
+        }
+    )
+    return inputs
+
+
+def prepare_tspmo(
+    batch: RolloutBatch,
+    rewards: torch.Tensor,
+    cfg: TSPMOConfig,
+    generator: torch.Generator | None = None,
+) -> LossInputs:
+    """T-SPMO: one trie per prompt group; each unique (prefix, token) pair with A != 0 once."""
+    _check_batch(batch, rewards)
+    G = batch.group_size
+    completions = batch.completion_token_lists()
+    r = rewards.detach().float().cpu().tolist()
+    pairs_by_group = [
+        group_pairs(
+            completions[i : i + G],
+            r[i : i + G],
+            normalise_std=cfg.normalise_std,
+            eps=cfg.std_eps,
+            min_visits=cfg.min_visits,
+        )
+        for i in range(0, len(completions), G)
+    ]
+    credit = pairs_to_token_tensors(
+        pairs_by_group,
+        group_size=G,
+        num_positions=batch.completion_ids.shape[1],
+        weighting=cfg.weighting,
+        device=batch.completion_ids.device,
+    )
+    inputs = make_loss_inputs(
+        credit.update_mask,
+        credit.token_advantages,
+        token_weights=credit.token_weights,
+        aggregation=cfg.aggregation,
+        constant=cfg.constant_normaliser,
+        beta=cfg.beta,
+    )
+    n_tokens = max(int(batch.completion_mask.sum()), 1)
+    inputs.metrics.update(
+        {
+            "tokens/update_frac": credit.num_pairs / n_tokens,
+            "tokens/nonzero_adv_frac": credit.nonzero_adv_tokens / n_tokens,
+            "tokens/forward_frac": _forward_frac(inputs.logprob_mask, batch.completion_mask),
+            "tspmo/pairs": float(credit.num_pairs),
+            "reward/zero_std_frac": zero_std_fraction(rewards, G),
+        }
+    )
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An algorithm by name: its config class and its credit-assignment step."""
+
+    name: str
+    config_cls: type[PolicyLossConfig]
+    prepare: Callable[[RolloutBatch, torch.Tensor, Any, torch.Generator | None], LossInputs]
+    description: str
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "grpo": Algorithm(
+        "grpo", GRPOConfig, prepare_group, "full-token GRPO (every completion token)"
+    ),
+    "sgrpo": Algorithm(
+        "sgrpo", SGRPOConfig, prepare_group, "S-GRPO: alpha early tokens + Bernoulli(p) up to k"
+    ),
+    "tspmo": Algorithm(
+        "tspmo", TSPMOConfig, prepare_tspmo, "T-SPMO: (prefix, token) pairs of the group's trie"
+    ),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]

@@ -1,0 +1,228 @@
+"""Selective log-probs equal full-logits log-probs (values and LoRA gradients): tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenrl.algorithms import (
+    completion_logprobs,
+    full_logits_logprobs,
+    head_logprobs,
+    reference_logprobs,
+    selective_logprobs,
+)
+from tokenrl.models import LoraSpec, apply_lora, build_tiny, decoder_and_head
+from tokenrl.rollout import RolloutBatch
+
+torch.set_num_threads(1)
+
+
+def lora_model(seed: int = 0):
+    """Tiny Qwen2 + LoRA whose B matrices are random, so the adapter changes the outputs."""
+    model, tok = build_tiny("tiny:seed=0")
+    model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lora_model()[0]
+
+
+def padded_inputs():
+    # 4 rows of 10 tokens, left padding of 3, 0, 5 and 1 (pad id 257, mask 0).
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (4, 10), generator=gen)
+    attn = torch.ones(4, 10, dtype=torch.bool)
+    for row, pad in enumerate([3, 0, 5, 1]):
+        ids[row, :pad] = 257
+        attn[row, :pad] = False
+    target = torch.zeros(4, 10, dtype=torch.bool)
+    target[0, [4, 5, 8]] = True
+    target[2, [6, 7]] = True  # row 1: no targets at all
+    target[3, [2, 9]] = True
+    return ids, attn, target
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 2, 3])
+def test_equals_full_logits_values_and_grads(model, chunk_size: int) -> None:
+    ids, attn, target = padded_inputs()
+    weights = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+
+    full = full_logits_logprobs(model, ids, attn)  # [4, 10]
+    (full * weights * target).sum().backward()
+    full_grads = [p.grad.clone() for p in lora]
+    model.zero_grad()
+
+    sel = selective_logprobs(model, ids, attn, target, chunk_size=chunk_size)
+    assert sel.dtype == torch.float32 and sel.shape == (4, 10)
+    assert torch.all(sel[~target] == 0)
+    torch.testing.assert_close(sel[target], full[target], atol=1e-6, rtol=0)
+    (sel * weights).sum().backward()
+    for p, g in zip(lora, full_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    assert any(p.grad.abs().sum() > 0 for p in lora)
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_head_logprobs_values_and_all_gradients(fused: bool) -> None:
+    # 7 rows in chunks of 3 (3 + 3 + 1), a head with bias whose weight is trainable: values and
+    # gradients for hidden, weight and bias equal autograd through log_softmax + gather.
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(8, 50)
+    head = linear if fused else torch.nn.Sequential(linear)  # Sequential -> generic path
+    hidden = torch.randn(7, 8, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (7,), generator=gen)
+    g = torch.randn(7, generator=gen)
+    ref = torch.log_softmax(linear(hidden), -1).gather(1, targets[:, None]).squeeze(1)
+    ref_grads = torch.autograd.grad((ref * g).sum(), [hidden, linear.weight, linear.bias])
+    got = head_logprobs(head, hidden, targets, chunk_size=3)
+    grads = torch.autograd.grad((got * g).sum(), [hidden, linear.weight, linear.bias])
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_default_forward_positions_agree(model) -> None:
+    # transformers 5's forward without position_ids uses arange(L), ignoring left padding;
+    # RoPE is shift-invariant, so log-probs agree up to rounding.
+    ids, attn, target = padded_inputs()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        default = torch.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None]).squeeze(2)
+        sel = selective_logprobs(model, ids, attn, target)
+    torch.testing.assert_close(sel[:, 1:][target[:, 1:]], default[target[:, 1:]], atol=1e-5, rtol=0)
+
+
+def test_runs_only_what_is_needed(model, monkeypatch) -> None:
+    """Rows without targets are dropped, rows are cut after the last target, and the LM head
+    multiplies at most chunk_size gathered rows at a time (never [B, L, H]), also in backward."""
+    ids, attn, target = padded_inputs()
+    target[3, 9] = False  # last target now at column 8
+    body, head = decoder_and_head(model)
+    seen: dict[str, list[tuple[int, ...]]] = {"body": [], "head": []}
+    linear = torch.nn.functional.linear
+
+    def spy_linear(x, weight, bias=None):
+        if weight is head.weight:
+            seen["head"].append(tuple(x.shape))
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy_linear)
+    hook = body.register_forward_hook(
+        lambda m, a, kw, out: seen["body"].append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        selective_logprobs(model, ids, attn, target, chunk_size=3).sum().backward()
+    finally:
+        hook.remove()
+        model.zero_grad()
+    # Rows 0, 2, 3 kept (row 1 has no target). Last target: column 8 -> cut at 9. Left pads of
+    # the kept rows are 3, 5, 1 -> column 0 is padding everywhere and is dropped: columns 1..8.
+    assert seen["body"] == [(3, 8)]
+    # 3 + 2 + 1 = 6 targets -> 2 chunks of 3 rows of size H = 128, in forward and again in
+    # backward (recomputed logits).
+    assert seen["head"] == [(3, 128)] * 4
+
+
+def test_no_targets_and_bad_targets(model) -> None:
+    ids, attn, _ = padded_inputs()
+    none = torch.zeros(4, 10, dtype=torch.bool)
+    assert torch.equal(selective_logprobs(model, ids, attn, none), torch.zeros(4, 10))
+    first = none.clone()
+    first[1, 0] = True
+    with pytest.raises(ValueError, match="first token"):
+        selective_logprobs(model, ids, attn, first)
+
+
+def make_batch(tok) -> RolloutBatch:
+    prompts = [[10, 11, 12], [20, 21], [30]]
+    completions = [[40, 41, 42, 43], [50, 51], [60, 61, 62]]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    P, T = 3, 5
+    prompt_ids = torch.full((3, P), pad)
+    prompt_mask = torch.zeros(3, P, dtype=torch.bool)
+    completion_ids = torch.full((3, T), pad)
+    completion_mask = torch.zeros(3, T, dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        c = c + [eos]
+        prompt_ids[i, P - len(p) :] = torch.tensor(p)
+        prompt_mask[i, P - len(p) :] = True
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = True
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        truncated=torch.zeros(3, dtype=torch.bool),
+        texts=[""] * 3,
+        group_size=3,
+        prompt_index=torch.zeros(3, dtype=torch.long),
+    )
+
+
+def test_completion_and_reference_logprobs() -> None:
+    model, tok = lora_model()
+    plain, _ = build_tiny("tiny:seed=0")  # the same base weights, no adapter
+    batch = make_batch(tok)
+    mask = batch.completion_mask.clone()
+    ref = reference_logprobs(model, batch, mask)
+    assert ref.shape == mask.shape and not ref.requires_grad
+    base = completion_logprobs(plain, batch, mask)
+    torch.testing.assert_close(ref[mask], base[mask], atol=1e-6, rtol=0)
+    adapted = completion_logprobs(model, batch, mask)
+    assert adapted.requires_grad
+    assert (adapted[mask] - ref[mask]).abs().max() > 1e-3  # the adapter does change the policy
+    # The adapter is enabled again after the reference pass.
+    torch.testing.assert_close(completion_logprobs(model, batch, mask), adapted)
+    # Completion positions map to full-sequence positions P + t.
+    full = full_logits_logprobs(plain, batch.input_ids, batch.attention_mask)[:, 3:]
+    torch.testing.assert_close(base[mask], full[mask], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="no adapter"):
+        reference_logprobs(plain, batch, mask)
+
+
+def test_matches_generate_scores() -> None:
+    """Recomputed log-probs of sampled tokens equal the sampler's (left-padded prompts)."""
+    model, tok = lora_model()
+    model.eval()
+    enc = tok(["ab", "hello there", "x"], return_tensors="pt", padding=True, padding_side="left")
+    torch.manual_seed(0)
+    out = model.generate(
+        **enc,
+        max_new_tokens=6,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    P = enc["input_ids"].shape[1]
+    completion = out.sequences[:, P:]  # [3, T]
+    gen_logp = torch.stack([torch.log_softmax(lg.float(), -1) for lg in out.logits], 1)  # [3, T, V]
+    gen_logp = gen_logp.gather(2, completion[:, :, None]).squeeze(2)
+    is_eos = completion == tok.eos_token_id
+    completion_mask = (torch.cumsum(is_eos.long(), 1) - is_eos.long()) == 0  # up to the first EOS
+    batch = RolloutBatch(
+        prompt_ids=enc["input_ids"],
+        prompt_mask=enc["attention_mask"].bool(),
+        completion_ids=completion,
+        completion_mask=completion_mask,
+        truncated=~is_eos.any(1),
+        texts=[""] * 3,
+        group_size=3,
+        prompt_index=torch.zeros(3, dtype=torch.long),
+    )
+    with torch.no_grad():
+        logp = completion_logprobs(model, batch, completion_mask)
+    torch.testing.assert_close(logp[completion_mask], gen_logp[completion_mask], atol=1e-5, rtol=0)
