@@ -327,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from tokenrl.errors import RunError
     from tokenrl.models import ModelError
     from tokenrl.tasks import DataError, TaskError
-    from tokenrl.errors import RunError
 
     try:
         return COMMANDS[args.command][2](args) or 0

@@ -197,3 +197,19 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
         ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     return out[:, P:]
+
+
+def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
+    """The rows ``rows`` [b] of a batch (a micro-batch); grouping is the caller's business."""
+    idx = rows.tolist()
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[rows],
+        prompt_mask=batch.prompt_mask[rows],
+        completion_ids=batch.completion_ids[rows],
+        completion_mask=batch.completion_mask[rows],
+        truncated=batch.truncated[rows],
+        texts=[batch.texts[i] for i in idx],
+        group_size=batch.group_size,
+        prompt_index=batch.prompt_index[rows],
+        timings=dict(batch.timings),
+    )

@@ -1,0 +1,189 @@
+"""The trainer end to end on the tiny model: run folder contents, metrics, exact resume, compare, merge."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tokenrl.cli import main
+from tokenrl.config import load_config, parse_overrides
+from tokenrl.trainer import train
+
+TESTS = Path(__file__).parent
+# A reward that a random byte-level model earns about half the time, so every group has signal.
+REWARD = "rewards_for_tests:half_bytes_low"
+QUICK = [
+    "--model.name", "tiny", "--task.name", "mult:2x1", "--task.eval_limit", "8", "--task.reward", REWARD,
+    "--rollout.max_new_tokens", "8", "--rollout.prompts_per_step", "2", "--rollout.group_size", "4",
+    "--train.eval_every", "2", "--train.checkpoint_every", "2", "--log.samples_every", "1",
+    "--log.progress", "false", "--optim.lr", "1e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _tests_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def quick_config(*extra: str):
+    return load_config(None, parse_overrides([*QUICK, *extra]))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sgrpo", "tspmo"])
+def test_a_short_run_writes_every_file(tmp_path, algo):
+    extra = ["--tspmo.replay.every", "2"] if algo == "tspmo" else []
+    cfg = quick_config("--train.algo", algo, "--train.steps", "4", "--sgrpo.alpha", "2", "--sgrpo.k", "5", *extra)
+    summary = train(cfg, tmp_path, on_event=lambda s: None)
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "report.png", "adapter/adapter_model.safetensors"):
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["train"]["algo"] == algo and saved["rollout"]["group_size"] == 4
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "reward/mean" in r]
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["step"] for r in evals] == [0, 2, 4]  # before, every 2 steps, final
+    keys = {"reward/mean", "reward/std", "reward/zero_std_frac", "tokens/update_frac", "loss/policy",
+            "loss/kl", "optim/grad_norm", "optim/lr", "time/generate", "time/score", "time/update",
+            "memory/peak_rss_mb", "completion/mean_tokens", "completion/truncated_frac"}  # fmt: skip
+    for r in steps:
+        assert keys <= r.keys(), keys - r.keys()
+        assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float))
+    assert any(r["optim/grad_norm"] > 0 for r in steps), "no step had a gradient"
+    fracs = [r["tokens/update_frac"] for r in steps]
+    if algo == "grpo":
+        assert all(f == 1.0 for f in fracs)
+    else:
+        assert all(0 < f < 1 for f in fracs)
+    if algo == "tspmo":
+        assert any(r["replay/groups"] > 0 for r in steps)
+    assert summary["after"]["n"] == 8 and summary["algo"] == algo
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {"step", "prompt", "completion", "reward", "gold"} <= samples[0].keys()
+    # checkpoints keep the last 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen([sys.executable, "-m", "tokenrl", "train", *args, "--threads", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    args = [*QUICK, "--train.algo", "sgrpo", "--sgrpo.alpha", "2", "--sgrpo.k", "5", "--train.steps", "24",
+            "--train.eval_every", "0", "--rollout.max_new_tokens", "16"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _cli(*args, "--out", str(whole))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+
+    proc = _cli(*args, "--out", str(killed))
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-000004" / "COMPLETE").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter").exists(), "the run finished before the kill: nothing was resumed"
+
+    proc = _cli("--resume", str(killed))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    a, b = _adapter(whole), _adapter(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    # the resumed log has each step exactly once
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "reward/mean" in r]
+    assert train_steps == list(range(1, 25))
+
+
+def test_cli_rejects_bad_config_before_loading_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    cases = [
+        (["--sgrpo.p", "1.5"], "p=1.5 is not a probability"),
+        (["--rollout.group_size", "1"], "group_size=1 is below 2"),
+        (["--optim.lr", "-0.1"], "optim.lr=-0.1 must be positive"),
+        (["--train.stepz", "3"], "did you mean 'train.steps'"),
+        (["--lora.r", "many"], "lora.r expects an integer"),
+    ]
+    for extra, message in cases:
+        assert main(["train", "--model", "tiny", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not out.exists()
+    assert main(["train", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("train: {steps: 1}\n")
+    assert main(["train", "--model", "tiny", "--out", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for key in ("--train.steps", "--train.seed", "--rollout.group_size", "--rollout.max_new_tokens",
+                "--rollout.temperature", "--optim.lr", "--lora.r", "--sgrpo.alpha", "--sgrpo.p", "--sgrpo.k",
+                "--tspmo.min_visits", "--tspmo.replay.every", "--tspmo.replay.cut"):  # fmt: skip
+        assert key in text, key
+    assert "Probability of selecting each later token" in text
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  algo: tspmo\n  steps: 7\ntspmo:\n  replay:\n    every: 3\nlora:\n  target_modules: [q_proj, v_proj]\n")
+    cfg = load_config(path, parse_overrides(["--train.steps", "9", "--tspmo.replay.cut=growing"]))
+    assert (cfg.train.algo, cfg.train.steps) == ("tspmo", 9)
+    assert cfg.tspmo.replay.every == 3 and cfg.tspmo.replay.cut == "growing"
+    assert cfg.lora.target_modules == ("q_proj", "v_proj")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepss: 3\n")
+    with pytest.raises(ValueError, match="did you mean 'train.steps'"):
+        load_config(bad)
+
+
+def test_compare_and_merge(tmp_path, capsys):
+    runs = []
+    for algo in ("grpo", "tspmo"):
+        cfg = quick_config("--train.algo", algo, "--train.steps", "2")
+        train(cfg, tmp_path / algo, on_event=lambda s: None)
+        runs.append(str(tmp_path / algo))
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| grpo | grpo |" in table and "| tspmo | tspmo |" in table
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+    assert main(["merge", runs[1], str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    from tokenrl.models import load_model
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    adapted = load_model("tiny", adapter=Path(runs[1]) / "adapter").model
+    ids = torch.tensor([[5, 17, 99, 3, 42]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted((TESTS.parent / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = load_config(path)
+    assert cfg.train.algo in path.stem or path.stem == "quick"
