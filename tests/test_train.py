@@ -187,3 +187,23 @@ def test_compare_and_merge(tmp_path, capsys):
 def test_shipped_configs_load_and_validate(path):
     cfg = load_config(path)
     assert cfg.train.algo in path.stem or path.stem == "quick"
+
+
+def test_micro_batches_change_memory_not_the_update(tmp_path):
+    adapters = []
+    for micro in ("1", "2"):
+        cfg = quick_config("--train.algo", "grpo", "--train.steps", "2", "--optim.micro_batches", micro,
+                           "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
+        train(cfg, tmp_path / micro, on_event=lambda s: None)
+        adapters.append(_adapter(tmp_path / micro))
+    a, b = adapters
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_tensorboard_and_inner_updates(tmp_path):
+    cfg = quick_config("--train.algo", "sgrpo", "--train.steps", "2", "--log.tensorboard", "true",
+                       "--optim.inner_updates", "2", "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
+    train(cfg, tmp_path, on_event=lambda s: None)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
