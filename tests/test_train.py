@@ -207,3 +207,15 @@ def test_tensorboard_and_inner_updates(tmp_path):
                        "--optim.inner_updates", "2", "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
     train(cfg, tmp_path, on_event=lambda s: None)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path):
+    adapters = []
+    for ckpt in ("false", "true"):
+        cfg = quick_config("--train.algo", "tspmo", "--train.steps", "2", "--model.gradient_checkpointing", ckpt,
+                           "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
+        train(cfg, tmp_path / ckpt, on_event=lambda s: None)
+        adapters.append(_adapter(tmp_path / ckpt))
+    a, b = adapters
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k

@@ -138,6 +138,7 @@ def build_trainer(cfg: Config, out: Path) -> Trainer:
     lm = load_model(
         cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, lora=cfg.lora.spec(cfg.train.seed)
     )
+    lm.model.train()  # updates run in training mode (LoRA dropout, gradient checkpointing)
     if cfg.model.gradient_checkpointing:
         lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.model.enable_input_require_grads()
