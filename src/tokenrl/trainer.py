@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tokenrl.algorithms.advantages import zero_std_fraction
 from tokenrl.algorithms.logprobs import completion_logprobs, reference_logprobs
 from tokenrl.algorithms.losses import LossInputs, policy_loss
 from tokenrl.algorithms.registry import get_algorithm
@@ -239,6 +240,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         "completion/truncated_frac": batch.truncated.float().mean().item(),
         "replay/groups": len(examples) - n_fresh,
         **inputs.metrics,
+        # replay groups have their own reward scale: count fresh groups only, like reward/mean
+        "reward/zero_std_frac": zero_std_fraction(fresh_rewards, G),
         **update,
         "optim/lr": tr.scheduler.get_last_lr()[0],
         "time/generate": t_gen - t0,
@@ -308,7 +311,8 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
             skipped += 1.0  # a non-finite gradient would poison AdamW's moments: skip this update
             continue
         tr.optimizer.step()
-    totals.pop("loss/clip_frac", None)
+    if "loss/clip_frac" in totals:  # a fraction per micro-batch: average, do not add up
+        totals["loss/clip_frac"] /= len(micro)
     return {**totals, "optim/grad_norm": float(grad_norm), "update/skipped": skipped}
 
 
