@@ -189,14 +189,19 @@ def test_shipped_configs_load_and_validate(path):
     assert cfg.train.algo in path.stem or path.stem == "quick"
 
 
-def test_micro_batches_change_memory_not_the_update(tmp_path):
+def _two_step_adapters(tmp_path, algo: str, key: str, values: tuple[str, str]):
+    """Train 2 steps twice, differing only in config ``key``; return both final adapters."""
     adapters = []
-    for micro in ("1", "2"):
-        cfg = quick_config("--train.algo", "grpo", "--train.steps", "2", "--optim.micro_batches", micro,
+    for value in values:
+        cfg = quick_config("--train.algo", algo, "--train.steps", "2", f"--{key}", value,
                            "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
-        train(cfg, tmp_path / micro, on_event=lambda s: None)
-        adapters.append(_adapter(tmp_path / micro))
-    a, b = adapters
+        train(cfg, tmp_path / value, on_event=lambda s: None)
+        adapters.append(_adapter(tmp_path / value))
+    return adapters
+
+
+def test_micro_batches_change_memory_not_the_update(tmp_path):
+    a, b = _two_step_adapters(tmp_path, "grpo", "optim.micro_batches", ("1", "2"))
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
@@ -210,12 +215,6 @@ def test_tensorboard_and_inner_updates(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_update(tmp_path):
-    adapters = []
-    for ckpt in ("false", "true"):
-        cfg = quick_config("--train.algo", "tspmo", "--train.steps", "2", "--model.gradient_checkpointing", ckpt,
-                           "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
-        train(cfg, tmp_path / ckpt, on_event=lambda s: None)
-        adapters.append(_adapter(tmp_path / ckpt))
-    a, b = adapters
+    a, b = _two_step_adapters(tmp_path, "tspmo", "model.gradient_checkpointing", ("false", "true"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
