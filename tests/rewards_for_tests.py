@@ -11,3 +11,25 @@ def half_bytes_low(completion: str, example) -> float:
     if not completion:
         return 0.0
     return 1.0 if sum(c.isascii() for c in completion) * 2 > len(completion) else 0.0
+
+
+def always_raises(completion: str, example) -> float:
+    """A broken user reward: every call raises."""
+    raise RuntimeError("boom from the test reward")
+
+
+def raises_on_odd_length(completion: str, example) -> float:
+    """Raises for odd-length completions (about half), else as half_bytes_low."""
+    if len(completion) % 2:
+        raise ValueError(f"cannot score {len(completion)} characters")
+    return half_bytes_low(completion, example)
+
+
+def returns_nan(completion: str, example) -> float:
+    """A reward that is not finite."""
+    return float("nan")
+
+
+def returns_text(completion: str, example) -> str:
+    """A reward of the wrong type."""
+    return "1.0"

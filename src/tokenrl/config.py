@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -109,9 +110,21 @@ class TaskConfig:
     reward: str | None = None
     """Custom reward as module:function, called fn(completion, example) -> float; None = the task's exact match."""
 
+    reward_errors: str = "raise"
+    """When the reward function raises or returns a non-finite/non-number: raise (stop the run, naming the
+    example) or zero (score 0 and count it in the reward/errors metric)."""
+
     def validate(self) -> None:
+        from tokenrl.tasks import ALIASES, TASKS
+
+        kind = self.name.partition(":")[0].strip().lower()
+        if ALIASES.get(kind, kind) not in TASKS:
+            _fail(f"task.name={self.name!r} is unknown",
+                  f"use one of {', '.join(TASKS)} (also mult:AxB, e.g. mult:2x1, and jsonl:PATH)")  # fmt: skip
         if self.eval_limit is not None and self.eval_limit < 1:
             _fail(f"task.eval_limit={self.eval_limit} must be at least 1", "use a positive count or none")
+        if self.reward_errors not in ("raise", "zero"):
+            _fail(f"task.reward_errors={self.reward_errors!r} is unknown", "use raise (default) or zero")
         if self.reward is not None:
             self.reward_fn()
 
@@ -202,6 +215,9 @@ class OptimConfig:
     inner_updates: int = 1
     """Optimiser updates per batch of rollouts; above 1 the PPO-clipped ratio is used."""
 
+    max_nonfinite_steps: int = 5
+    """Stop the run after this many optimiser updates in a row were skipped for a non-finite loss or gradient (0 = never stop)."""
+
     def validate(self) -> None:
         if self.lr <= 0:
             _fail(f"optim.lr={self.lr} must be positive", "use e.g. 1e-4 for LoRA")
@@ -217,6 +233,8 @@ class OptimConfig:
             _fail(f"optim.schedule={self.schedule!r} is unknown", "use constant, linear or cosine")
         if self.micro_batches < 1 or self.inner_updates < 1:
             _fail("optim.micro_batches and optim.inner_updates must be at least 1", "use 1 (default) or more")
+        if self.max_nonfinite_steps < 0:
+            _fail(f"optim.max_nonfinite_steps={self.max_nonfinite_steps} is negative", "use e.g. 5, or 0 to never stop")
 
 
 @dataclass
@@ -301,13 +319,22 @@ class Config:
             except ConfigError:
                 raise
             except ValueError as err:  # the algorithm configs raise ValueError
-                raise ConfigError(f"{f.name}: {err}") from None
+                raise ConfigError(_qualified(f.name, section, str(err))) from None
 
     def algo_config(self):
         return getattr(self, self.train.algo)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+def _qualified(section_name: str, section: Any, message: str) -> str:
+    """``"p=1.5 is ..."`` -> ``"sgrpo.p=1.5 is ..."`` when ``p`` is a field of the section, so the
+    message names the full key; otherwise ``"sgrpo: <message>"``."""
+    name = message.partition("=")[0]
+    if name.isidentifier() and name in {f.name for f in dataclasses.fields(section)}:
+        return f"{section_name}.{message}"
+    return f"{section_name}: {message}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,4 +542,12 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write ``cfg`` as YAML atomically (a temporary file renamed into place), so a run killed
+    while writing never leaves a truncated config that would resume with defaults."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

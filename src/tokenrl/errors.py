@@ -1,5 +1,38 @@
 """Errors that reach the user as one message and exit status 2 (no traceback)."""
 
+from __future__ import annotations
+
+import errno
+
 
 class RunError(RuntimeError):
     """A run folder problem (exists, missing, corrupt); the message says what to do."""
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); the message says what was saved and how to resume.
+    The command line exits with status 130, the shell's code for SIGINT."""
+
+
+# errno values of a write that failed because of the disk or the folder, not a bug
+DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a parent of the path is a file, not a folder",
+}
+
+
+def describe_disk_error(err: OSError) -> str | None:
+    """One message for a write that failed because of the disk or permissions (naming the path
+    and what to do), or ``None`` when ``err`` is some other failure."""
+    if err.errno not in DISK_ERRNOS:
+        return None
+    where = f" {err.filename}" if err.filename else ""
+    return (
+        f"cannot write{where}: {DISK_ERRNOS[err.errno]} ({err.strerror}). Fix: free some space or "
+        "choose a writable --out; a training run keeps its last complete checkpoint, so "
+        "`tokenrl train --resume RUN_DIR` continues from there"
+    )

@@ -7,6 +7,7 @@ completion length.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -95,13 +96,20 @@ def generate_rollouts(
     *,
     group_size: int = 1,
     prompt_ids: list[list[int]] | None = None,
+    group_seeds: list[int] | None = None,
 ) -> RolloutBatch:
     """Sample ``group_size`` completions for each prompt; return them as one :class:`RolloutBatch`.
 
     ``prompt_ids`` (token ids, e.g. a prompt plus a replayed completion prefix) replaces the
-    tokenisation of ``prompts`` when given. Sampling uses torch's global RNG (seed it for
-    reproducible rollouts).
+    tokenisation of ``prompts`` when given. Without ``group_seeds``, sampling uses torch's
+    global RNG (seed it for reproducible rollouts). With ``group_seeds`` (one int per prompt),
+    every completion row draws its randomness from its own generator seeded from its prompt's
+    seed and its index in the group (:class:`KeyedSampler`), so a row's sample does not depend
+    on which other prompts share its ``generate`` call: the trainer relies on this to make
+    data-parallel runs match a single process (docs/distributed.md).
     """
+    if group_seeds is not None and len(group_seeds) != len(prompt_ids if prompt_ids is not None else prompts):
+        raise ValueError("group_seeds needs one seed per prompt")
     if prompt_ids is None:
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     device = next(model.parameters()).device
@@ -119,7 +127,8 @@ def generate_rollouts(
     try:
         for start in range(0, len(prompt_ids), prompts_per_call):
             chunk = prompt_ids[start : start + prompts_per_call]
-            out = _generate_chunk(model, tokenizer, chunk, sampling, group_size, pad_id, device)
+            seeds = None if group_seeds is None else group_seeds[start : start + prompts_per_call]
+            out = _generate_chunk(model, tokenizer, chunk, sampling, group_size, pad_id, device, seeds)
             for j, completion in enumerate(out.tolist()):
                 rows.append((chunk[j // group_size], completion, start + j // group_size))
     finally:
@@ -174,13 +183,65 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, pad_id, device):
-    """Generate G completions for each prompt of ``chunk``; returns only the new tokens [n*G, T]."""
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from ``parts``, the same in every process and Python run (no ``hash()``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class KeyedSampler:
+    """Sample each row from its own generator: argmax(scores + Gumbel noise) (Gumbel-max trick).
+
+    With i.i.d. Gumbel(0, 1) noise g_v, argmax_v (s_v + g_v) is distributed as softmax(s), so
+    greedy decoding of the noisy scores samples from the (temperature / top-p warped) model. Row
+    b's noise comes from a generator seeded with ``seeds[b]`` that draws V numbers per generated
+    token, so its t-th token depends only on its own seed and logits, never on the batch around
+    it. Scores [B, V] -> [B, V]. A ``generate`` logits processor (called once per new token).
+    """
+
+    def __init__(self, seeds: list[int], device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        V = scores.shape[-1]
+        u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self.generators])  # [B, V]
+        # u = 0 would give -inf noise; clamp to the smallest positive float instead.
+        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))  # [B, V]
+        return scores + gumbel.to(scores.dtype)
+
+
+def _keyed_kwargs(sampling: SamplingConfig, seeds: list[int], G: int, device) -> dict:
+    """generate() options for :class:`KeyedSampler`: warp the scores, add noise, take the argmax."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    row_seeds = [derive_seed(s, j) for s in seeds for j in range(G)]  # row b = prompt b // G, sample b % G
+    processors: list = []
+    if sampling.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_p < 1.0:
+        processors.append(TopPLogitsWarper(sampling.top_p))
+    processors.append(KeyedSampler(row_seeds, device))
+    greedy = SamplingConfig(greedy=True).generate_kwargs()
+    return {**greedy, "logits_processor": LogitsProcessorList(processors)}
+
+
+def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, pad_id, device, seeds=None):
+    """Generate G completions for each prompt of ``chunk``; returns only the new tokens [n*G, T].
+
+    ``seeds`` (one per prompt of the chunk) switches to per-row generators (:class:`KeyedSampler`).
+    """
     ids, mask = _left_pad(chunk, pad_id, device)  # [n, P]
+    sample_kwargs = sampling.generate_kwargs()
+    if seeds is not None and not sampling.greedy:
+        sample_kwargs = _keyed_kwargs(sampling, seeds, G, device)
     kwargs = dict(
         max_new_tokens=sampling.max_new_tokens,
         pad_token_id=pad_id,
-        **sampling.generate_kwargs(),
+        **sample_kwargs,
     )
     if sampling.stop:
         kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)

@@ -30,14 +30,27 @@ from torch import nn
 
 from tokenrl.algorithms.advantages import zero_std_fraction
 from tokenrl.algorithms.logprobs import completion_logprobs, reference_logprobs
-from tokenrl.algorithms.losses import LossInputs, policy_loss
+from tokenrl.algorithms.losses import (
+    LossInputs,
+    aggregation_denominator,
+    policy_loss,
+    rescale_coefficients,
+)
 from tokenrl.algorithms.registry import get_algorithm
-from tokenrl.algorithms.replay import ReplayBuffer, sample_replay_prefixes
+from tokenrl.algorithms.replay import ReplayBuffer, rollout_items, sample_replay_prefixes
 from tokenrl.config import Config, save_config
-from tokenrl.errors import RunError  # noqa: F401  (re-exported)
+from tokenrl.distributed import Distributed, check_divisible, init_from_env, shutdown
+from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
+from tokenrl.guards import StopRequest, nonfinite_stop_message, score_completions
 from tokenrl.models import LoadedModel, load_model
-from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts, select_rows
+from tokenrl.rollout import (
+    RolloutBatch,
+    SamplingConfig,
+    derive_seed,
+    generate_rollouts,
+    select_rows,
+)
 from tokenrl.tasks import Example, Task, get_task
 
 CHECKPOINT_DONE = "COMPLETE"
@@ -91,12 +104,14 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: PromptSampler
-    generator: torch.Generator  # token selection (S-GRPO) and replay draws
+    generator: torch.Generator  # replay draws (the same on every rank of a data-parallel run)
     replay: ReplayBuffer | None
     reward_fn: Callable[[str, Example], float]
     step: int = 0
+    nonfinite_streak: int = 0  # optimiser updates in a row skipped for a non-finite loss/gradient
     log: Callable[[dict[str, Any]], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
+    dist: Distributed = field(default_factory=Distributed)  # this rank of a data-parallel run
 
     @property
     def model(self) -> nn.Module:
@@ -129,15 +144,20 @@ def lr_lambda(cfg: Config) -> Callable[[int], float]:
     return f
 
 
-def build_trainer(cfg: Config, out: Path) -> Trainer:
-    """Load the model with a fresh adapter, the task and the optimiser, seeded from the config."""
+def build_trainer(cfg: Config, out: Path, *, device: str | None = None, dist: Distributed | None = None) -> Trainer:
+    """Load the model with a fresh adapter, the task and the optimiser, seeded from the config.
+
+    ``device`` overrides ``cfg.model.device`` (a data-parallel rank's own GPU); ``dist`` is the
+    rank's place in a data-parallel run (default: a single process).
+    """
+    dist = dist or Distributed()
     seed_everything(cfg.train.seed)
     task = get_task(cfg.task.name, data_path=cfg.task.data_path, style=cfg.task.style, **cfg.task.options)
     train_examples = task.examples("train")
     test = task.examples("test")
     eval_examples = test[: cfg.task.eval_limit] if cfg.task.eval_limit else test
     lm = load_model(
-        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, lora=cfg.lora.spec(cfg.train.seed)
+        cfg.model.name, dtype=cfg.model.dtype, device=device or cfg.model.device, lora=cfg.lora.spec(cfg.train.seed)
     )
     lm.model.train()  # updates run in training mode (LoRA dropout, gradient checkpointing)
     if cfg.model.gradient_checkpointing:
@@ -145,6 +165,7 @@ def build_trainer(cfg: Config, out: Path) -> Trainer:
         lm.model.enable_input_require_grads()
     task = task.resolved(lm.tokenizer)
     params = [p for p in lm.model.parameters() if p.requires_grad]
+    dist.broadcast_params(params)  # the seeded adapters already agree; this makes sure of it
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -163,6 +184,7 @@ def build_trainer(cfg: Config, out: Path) -> Trainer:
         generator=torch.Generator().manual_seed(cfg.train.seed + 1),
         replay=ReplayBuffer.from_config(replay_cfg) if use_replay else None,
         reward_fn=cfg.task.reward_fn() or task.reward,
+        dist=dist,
     )
 
 
@@ -181,38 +203,52 @@ def train_step(tr: Trainer) -> dict[str, Any]:
     G = cfg.rollout.group_size
     t0 = time.perf_counter()
 
-    # 1. prompts: fresh problems, plus (T-SPMO) replay groups continuing a stored success
-    examples = [tr.train_examples[i] for i in tr.sampler.take(cfg.rollout.prompts_per_step)]
+    # 1. prompts: fresh problems, plus (T-SPMO) replay groups continuing a stored success. Every
+    # rank draws the same global list and keeps its slice; a group's global index keys its
+    # randomness, so a data-parallel run samples what one process would (docs/distributed.md)
+    ids = tr.sampler.take(cfg.rollout.prompts_per_step)
+    lo, hi = tr.dist.shard(len(ids))
+    examples = [tr.train_examples[i] for i in ids[lo:hi]]
+    global_index = list(range(lo, hi))
     prompt_ids = [tok(tr.task.render_prompt(e, tok), add_special_tokens=False)["input_ids"] for e in examples]
     prefixes_text = [""] * len(examples)
     n_fresh = len(examples)
     if tr.replay is not None and (tr.step + 1) % cfg.tspmo.replay.every == 0 and len(tr.replay):
         by_id = {e.id: e for e in tr.train_examples}
         progress = tr.step / max(cfg.train.steps - 1, 1)
-        for rp in sample_replay_prefixes(
+        prefixes = sample_replay_prefixes(  # the same on every rank: all ranks store all rollouts
             tr.replay, cfg.tspmo.replay.groups_per_step, cfg.tspmo.replay, progress=progress, generator=tr.generator
-        ):
+        )
+        r_lo, r_hi = tr.dist.shard(len(prefixes))
+        for j, rp in enumerate(prefixes[r_lo:r_hi], start=r_lo):
+            global_index.append(len(ids) + j)
             examples.append(by_id[rp.prompt_key])
             prompt_ids.append(rp.input_ids)
             prefixes_text.append(tok.decode(rp.source.completion_ids[: rp.cut], skip_special_tokens=True))
 
     # 2. rollouts: G completions per prompt
-    batch = generate_rollouts(tr.model, tok, [], tr.sampling, group_size=G, prompt_ids=prompt_ids)
+    seeds = [derive_seed(cfg.train.seed, tr.step, "rollout", i) for i in global_index]
+    batch = generate_rollouts(tr.model, tok, [], tr.sampling, group_size=G, prompt_ids=prompt_ids, group_seeds=seeds)
     t_gen = time.perf_counter()
 
-    # 3. rewards: a replayed completion is scored with its prefix in front
-    rewards = torch.tensor(
-        [
-            tr.reward_fn(prefixes_text[int(i)] + text, examples[int(i)])
-            for i, text in zip(batch.prompt_index, batch.texts)
-        ],
-        dtype=torch.float32,
-    )  # [B]
+    # 3. rewards: a replayed completion is scored with its prefix in front; a reward function
+    # that raises or returns a non-finite value stops the run or scores 0 (task.reward_errors)
+    scores, reward_errors = score_completions(
+        tr.reward_fn,
+        [prefixes_text[int(i)] + text for i, text in zip(batch.prompt_index, batch.texts)],
+        [examples[int(i)] for i in batch.prompt_index],
+        on_error=cfg.task.reward_errors,
+    )
+    rewards = torch.tensor(scores, dtype=torch.float32)  # [B]
     t_score = time.perf_counter()
 
     # 4. credit assignment and token selection (which tokens enter the loss, with what advantage)
     algo_cfg = cfg.algo_config()
-    inputs = get_algorithm(cfg.train.algo).prepare(batch, rewards, algo_cfg, tr.generator)
+    generators = [torch.Generator().manual_seed(derive_seed(cfg.train.seed, tr.step, "select", i)) for i in global_index]
+    inputs = get_algorithm(cfg.train.algo).prepare(batch, rewards, algo_cfg, generators)
+    # a data-parallel rank holds part of the batch: scale its coefficients to the whole batch's
+    local = aggregation_denominator(inputs.aggregation, inputs.update_mask, inputs.token_weights)
+    inputs = rescale_coefficients(inputs, local, tr.dist.sum(local))
 
     # 5-7. log-probs at the selected tokens, loss, optimiser step(s)
     if tr.lm.device.type == "cuda":
@@ -223,21 +259,26 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         tr.scheduler.step()
     t_update = time.perf_counter()
 
-    # 8. bookkeeping: replay buffer (fresh groups only), metrics
+    # 8. bookkeeping: replay buffer (fresh groups of every rank, in global order), metrics over
+    # the rows of every rank
+    fresh = batch.prompt_index < n_fresh  # [B]
     if tr.replay is not None:
-        fresh = batch.prompt_index < n_fresh
-        tr.replay.add_rollouts(select_rows(batch, fresh.nonzero().squeeze(1)), rewards[fresh], [e.id for e in examples])
+        fresh_rows = select_rows(batch, fresh.nonzero().squeeze(1))
+        for item in tr.dist.cat_lists(rollout_items(fresh_rows, rewards[fresh], [e.id for e in examples])):
+            tr.replay.add(*item)
     tr.step += 1
-    lengths = batch.completion_lengths.float()
-    fresh_rewards = rewards[batch.prompt_index < n_fresh]
+    rows, n_tokens = len(batch.texts), int(batch.completion_mask.sum())
+    all_rewards, lengths, truncated, fresh = tr.dist.cat(rewards, batch.completion_lengths.float(), batch.truncated, fresh)
+    fresh_rewards = all_rewards[fresh]
     metrics: dict[str, Any] = {
         "step": tr.step,
         "reward/mean": fresh_rewards.mean().item(),
         "reward/std": fresh_rewards.std().item() if fresh_rewards.numel() > 1 else 0.0,
-        "reward/replay_mean": rewards[batch.prompt_index >= n_fresh].mean().item() if len(examples) > n_fresh else None,
+        "reward/replay_mean": all_rewards[~fresh].mean().item() if bool((~fresh).any()) else None,
+        "reward/errors": reward_errors,
         "completion/mean_tokens": lengths.mean().item(),
         "completion/max_tokens": lengths.max().item(),
-        "completion/truncated_frac": batch.truncated.float().mean().item(),
+        "completion/truncated_frac": truncated.float().mean().item(),
         "replay/groups": len(examples) - n_fresh,
         **inputs.metrics,
         # replay groups have their own reward scale: count fresh groups only, like reward/mean
@@ -252,7 +293,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
     }
     if tr.lm.device.type == "cuda":
         metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if cfg.log.samples_every and tr.step % cfg.log.samples_every == 0:
+    metrics = tr.dist.combine(metrics, rows=rows, tokens=n_tokens)  # each rank's share -> whole batch
+    if cfg.log.samples_every and tr.step % cfg.log.samples_every == 0 and tr.dist.is_main:
         write_samples(tr, batch, rewards, examples, prefixes_text)
     return metrics
 
@@ -265,9 +307,9 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
     """
     cfg, algo_cfg = tr.cfg, tr.cfg.algo_config()
     has_target = inputs.logprob_mask.any(dim=1)  # [B] rows that need a forward pass
-    if not bool(has_target.any()):
+    if not tr.dist.any(bool(has_target.any())):  # on any rank: a rank without targets still joins the all-reduce
         # every group had equal rewards (or no pairs): no gradient signal, nothing to run
-        return {"update/skipped": 1.0, "loss/policy": 0.0, "loss/kl": 0.0, "optim/grad_norm": 0.0}
+        return {"update/skipped": 1.0, "update/nonfinite": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "optim/grad_norm": 0.0}
     G = batch.group_size
     groups = torch.arange(batch.prompt_ids.shape[0] // G)
     micro = [
@@ -284,6 +326,7 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
     skipped = 0.0
     for inner in range(cfg.optim.inner_updates):
         tr.optimizer.zero_grad(set_to_none=True)
+        loss_finite = True
         for j, rows in enumerate(micro):
             sub, sub_inputs = select_rows(batch, rows), inputs.select_rows(rows)
             logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask)  # [b, T]
@@ -298,6 +341,7 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
                 beta=algo_cfg.beta,
                 ref_logp=ref_logp.get(j),
             )
+            loss_finite = loss_finite and bool(torch.isfinite(loss))
             loss.backward()
             if inner == 0 and cfg.optim.inner_updates > 1:
                 old_logp[j] = logp.detach()  # the rollout policy, for the PPO ratio later
@@ -305,15 +349,19 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
                 for k, v in m.items():
                     totals[k] = totals.get(k, 0.0) + v
         params = [p for p in tr.model.parameters() if p.requires_grad]
+        tr.dist.all_reduce_grads(params)  # data-parallel: sum the ranks' gradients (whole-batch loss)
+        loss_finite = not tr.dist.any(not loss_finite)  # skip on every rank or on none
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not torch.isfinite(grad_norm):
+        if not (loss_finite and torch.isfinite(grad_norm)):
             skipped += 1.0  # a non-finite gradient would poison AdamW's moments: skip this update
+            tr.nonfinite_streak += 1
             continue
         tr.optimizer.step()
+        tr.nonfinite_streak = 0
     if "loss/clip_frac" in totals:  # a fraction per micro-batch: average, do not add up
         totals["loss/clip_frac"] /= len(micro)
-    return {**totals, "optim/grad_norm": float(grad_norm), "update/skipped": skipped}
+    return {**totals, "optim/grad_norm": float(grad_norm), "update/skipped": skipped, "update/nonfinite": skipped}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +369,10 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
 
 
 def run_eval(tr: Trainer) -> EvalResult:
-    return evaluate(
+    """Greedy held-out accuracy; in a data-parallel run rank 0 evaluates and shares the result."""
+    if not tr.dist.is_main:
+        return tr.dist.broadcast(None)
+    result = evaluate(
         tr.model,
         tr.lm.tokenizer,
         tr.task,
@@ -329,6 +380,7 @@ def run_eval(tr: Trainer) -> EvalResult:
         max_new_tokens=tr.cfg.rollout.max_new_tokens,
         batch_size=tr.cfg.rollout.batch_size,
     )
+    return tr.dist.broadcast(result)
 
 
 def eval_metrics(result: EvalResult, step: int) -> dict[str, Any]:
@@ -379,12 +431,49 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def save_checkpoint(tr: Trainer) -> Path:
-    """Adapter + optimiser + scheduler + RNG states + data position, written atomically."""
+    """Adapter + optimiser + scheduler + RNG states + data position, written atomically.
+
+    Everything goes to a hidden ``.tmp-step-N`` folder, the ``COMPLETE`` marker last, then one
+    rename makes it visible; a write that fails (full disk) removes the temporary folder.
+    In a data-parallel run every rank holds the same state: rank 0 writes it, the others wait.
+    """
+    if not tr.dist.is_main:
+        tr.dist.barrier()
+        return tr.out / "checkpoints" / f"step-{tr.step:06d}"
     root = tr.out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{tr.step:06d}"
     tmp = root / f".tmp-step-{tr.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(tr, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    remove_checkpoint(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(tr.out)[: -tr.cfg.train.keep_checkpoints]:
+        remove_checkpoint(old)
+    tr.dist.barrier()
+    return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder, its ``COMPLETE`` marker first: a deletion cut short by a kill
+    leaves a folder that no longer counts as a checkpoint."""
+    (path / CHECKPOINT_DONE).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_partial_checkpoints(out: Path) -> None:
+    """Delete the ``.tmp-step-*`` folders of checkpoints whose writing was cut short."""
+    root = out / "checkpoints"
+    if root.is_dir():
+        for p in root.glob(".tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_checkpoint(tr: Trainer, tmp: Path) -> None:
     tr.model.save_pretrained(tmp / "adapter")
     state = {
         "step": tr.step,
@@ -399,13 +488,9 @@ def save_checkpoint(tr: Trainer) -> Path:
         "replay": list(tr.replay.items) if tr.replay is not None else None,
     }
     torch.save(state, tmp / "state.pt")
+    _fsync_dir(tmp)
     (tmp / CHECKPOINT_DONE).write_text(str(tr.step))
     _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in checkpoint_dirs(tr.out)[: -tr.cfg.train.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _fsync_dir(path: Path) -> None:
@@ -465,45 +550,99 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_logs(out: Path, step: int) -> None:
-    """On resume, forget log lines written after the checkpoint (they will be written again)."""
+def truncate_logs(out: Path, step: int, *, redo_eval: bool = False) -> None:
+    """On resume, forget log lines written after the checkpoint (they will be written again).
+
+    ``redo_eval``: the evaluation at ``step`` itself runs again (the final one, or the one before
+    training when its result did not reach eval.json), so its record is dropped too. Each file
+    is replaced atomically.
+    """
     for name in ("metrics.jsonl", "samples.jsonl"):
         recs = [r for r in read_jsonl(out / name) if r.get("step", 0) <= step]
-        with open(out / name, "w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r) + "\n")
+        if redo_eval:
+            recs = [r for r in recs if not (r.get("step") == step and "eval/accuracy" in r)]
+        write_atomic(out / name, "".join(json.dumps(r) + "\n" for r in recs))
 
 
-def train(cfg: Config, out: Path, *, resume: bool = False, on_event: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to eval.json."""
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill or a full disk
+    leaves either the old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def train(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to eval.json.
+
+    The data is read and the model loaded before anything is written, so a bad task or model
+    leaves no run folder behind (``overwrite`` empties an existing ``out`` only after that).
+    Ctrl-C stops after the current step with a checkpoint and raises :class:`Interrupted`;
+    ``optim.max_nonfinite_steps`` skipped updates in a row raise :class:`RunError`.
+    """
     from tokenrl.report import plot_run
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    # torchrun / accelerate launch: join the other ranks (docs/distributed.md); rank 0 alone
+    # writes the run folder, the others hold the same state and wait for it at barriers
+    dist, device = init_from_env(cfg.model.device)
+    check_divisible(cfg.rollout.prompts_per_step, dist.world_size)
+    main = dist.is_main
+    if not main:
+        on_event = _quiet
+    tr = build_trainer(cfg, out, device=device, dist=dist)  # reads the data and loads the model: fails before any write
+    if main and overwrite and out.exists():
+        shutil.rmtree(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if main and not resume:
         save_config(cfg, out / "config.yaml")
-    tr = build_trainer(cfg, out)
+    dist.barrier()
     if resume:
+        if main:
+            remove_partial_checkpoints(out)
         ckpt = latest_loadable_checkpoint(tr, on_event)
         if ckpt is None:
             on_event(f"no complete checkpoint in {out}/checkpoints: starting from step 0")
         else:
             on_event(f"resuming from {ckpt} (step {tr.step})")
-        truncate_logs(out, tr.step)
-    logger = MetricsLogger(out, tensorboard=cfg.log.tensorboard)
     summary_path = out / "eval.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
+    if resume:
+        if main:  # the evaluation at the checkpoint's step runs again: before training or final
+            redo_before = tr.step == 0 and cfg.train.eval_before and "before" not in summary
+            truncate_logs(out, tr.step, redo_eval=redo_before or tr.step >= cfg.train.steps)
+        dist.barrier()
+    logger = MetricsLogger(out, tensorboard=cfg.log.tensorboard) if main else NullLogger()
+    stop = StopRequest()
     try:
-        with progress_bar(cfg) as bar:
+        with stop, progress_bar(cfg, show=main) as bar:
             if tr.step == 0 and cfg.train.eval_before and "before" not in summary:
                 before = run_eval(tr)
                 logger.write(eval_metrics(before, 0))
                 summary["before"] = before.summary()
-                summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+                if main:
+                    write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
             bar.update(tr.step, None, summary.get("before", {}).get("accuracy"))
             last_acc = None
             while tr.step < cfg.train.steps:
-                m = train_step(tr)
-                logger.write(m)
+                with stop.step():  # a first Ctrl-C lets the step finish
+                    m = train_step(tr)
+                    logger.write(m)
+                check_nonfinite(tr, m, on_event)
                 if cfg.train.eval_every and tr.step % cfg.train.eval_every == 0 and tr.step < cfg.train.steps:
                     result = run_eval(tr)
                     logger.write(eval_metrics(result, tr.step))
@@ -511,12 +650,20 @@ def train(cfg: Config, out: Path, *, resume: bool = False, on_event: Callable[[s
                 if cfg.train.checkpoint_every and tr.step % cfg.train.checkpoint_every == 0:
                     save_checkpoint(tr)
                 bar.update(tr.step, m["reward/mean"], last_acc)
+                if dist.any(stop.requested):  # every rank stops after the same step
+                    raise KeyboardInterrupt
             after = run_eval(tr)
             logger.write(eval_metrics(after, tr.step))
             bar.update(tr.step, None, after.accuracy)
+            save_checkpoint(tr)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(tr, stop.mid_step)) from None
     finally:
         logger.close()
-    save_checkpoint(tr)
+    if not main:  # rank 0 writes the final files; every rank returns its summary
+        summary = dist.broadcast(None)
+        shutdown(dist)
+        return summary
     tr.model.save_pretrained(out / "adapter")
     with open(out / "eval_completions.jsonl", "w", encoding="utf-8") as f:
         for rec in after.records:
@@ -534,13 +681,53 @@ def train(cfg: Config, out: Path, *, resume: bool = False, on_event: Callable[[s
             "tokens_update_frac": _mean([r.get("tokens/update_frac") for r in steps]),
             "peak_rss_mb": max([r.get("memory/peak_rss_mb", 0.0) for r in steps] or [0.0]),
             "train_seconds": sum(r.get("time/step", 0.0) for r in steps),
+            "reward_errors": sum(r.get("reward/errors") or 0 for r in steps),
         }
     )
     if "before" in summary:
         summary["gain_points"] = 100 * (after.accuracy - summary["before"]["accuracy"])
-    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
     plot_run(records, out / "report.png", title=f"{cfg.train.algo} on {cfg.task.name} ({cfg.model.name})")
+    dist.broadcast(summary)
+    shutdown(dist)
     return summary
+
+
+def _quiet(message: str) -> None:
+    """``on_event`` of ranks other than 0: rank 0 reports for the run."""
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0: rank 0 writes the run's one metrics.jsonl."""
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_nonfinite(tr: Trainer, metrics: dict[str, Any], on_event: Callable[[str], None]) -> None:
+    """Report a step whose update was skipped for a non-finite loss or gradient; raise
+    :class:`RunError` once ``optim.max_nonfinite_steps`` updates in a row were skipped."""
+    if metrics.get("update/nonfinite"):
+        on_event(f"step {tr.step}: non-finite loss or gradient, update skipped ({tr.nonfinite_streak} in a row)")
+    limit = tr.cfg.optim.max_nonfinite_steps
+    if limit and tr.nonfinite_streak >= limit:
+        done = checkpoint_dirs(tr.out)
+        raise RunError(nonfinite_stop_message(tr.nonfinite_streak, tr.step, limit, done[-1] if done else None))
+
+
+def interrupted_message(tr: Trainer, mid_step: bool) -> str:
+    """After Ctrl-C: save a checkpoint of the last finished step (unless the interrupt cut a step
+    short: then its state is half updated and the last checkpoint stays the newest)."""
+    how = f"resume with: tokenrl train --resume {tr.out}"
+    if not mid_step:
+        path = save_checkpoint(tr)
+        return f"interrupted after step {tr.step}; saved checkpoint {path}; {how}"
+    done = checkpoint_dirs(tr.out)
+    last = f"the last checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
+    return f"interrupted in the middle of a training step, whose work is lost; {last}; {how}"
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -560,6 +747,8 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(out / "tb"))
 
     def write(self, metrics: dict[str, Any]) -> None:
+        # a NaN or inf (a skipped non-finite update) is written as null: the file stays strict JSON
+        metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -576,7 +765,7 @@ class MetricsLogger:
 class progress_bar:
     """A live bar: step, reward of the last step, latest held-out accuracy."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, show: bool = True) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -592,7 +781,7 @@ class progress_bar:
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
-            disable=not cfg.log.progress,
+            disable=not (cfg.log.progress and show),
             transient=False,
         )
         self.reward: float | None = None

@@ -120,6 +120,22 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "constant": constant_coef,
 }
 
+
+def aggregation_denominator(
+    aggregation: str, update_mask: torch.Tensor, token_weights: torch.Tensor | None
+) -> float:
+    """The batch-wide denominator D of an aggregation: B rows ("seq_mean", "constant") or the
+    sum of token weights ("token_mean"). Each coefficient c[b, t] is a per-row quantity / D.
+
+    D adds up over disjoint sets of rows, so a data-parallel run whose processes each hold part
+    of the batch gets the whole-batch coefficients by summing D over processes and scaling each
+    process's c by D_local / D_all (:func:`rescale_coefficients`).
+    """
+    if aggregation == "token_mean":
+        return float(_weights(update_mask, token_weights).sum())
+    return float(update_mask.shape[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # what an algorithm hands to the loss
 
@@ -146,6 +162,18 @@ class LossInputs:
             loss_coef=self.loss_coef[rows],
             logprob_mask=self.logprob_mask[rows],
         )
+
+
+def rescale_coefficients(inputs: LossInputs, local: float, total: float) -> LossInputs:
+    """``inputs`` with c computed as if the denominator were ``total`` instead of ``local``.
+
+    For a shard of a batch: ``local`` = :func:`aggregation_denominator` of the shard, ``total``
+    = the sum over all shards; the shards' losses then add up to the whole batch's loss. A
+    shard with ``local == 0`` has c = 0 everywhere and is returned unchanged (also when total is 0).
+    """
+    if local == 0 or total == 0:
+        return inputs
+    return replace(inputs, loss_coef=inputs.loss_coef * (local / total))
 
 
 def make_loss_inputs(

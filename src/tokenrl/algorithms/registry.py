@@ -1,7 +1,8 @@
 """The algorithms by name: "grpo", "sgrpo", "tspmo", each a config class and a ``prepare``.
 
 ``prepare(batch, rewards, cfg, generator) -> LossInputs`` does credit assignment and token
-selection (no model): which tokens enter the loss, with what advantage and weight, and how the
+selection (no model; ``generator`` is one ``torch.Generator`` for the batch, or a list with one
+per group so that the draws do not depend on how groups are batched): which tokens enter the loss, with what advantage and weight, and how the
 terms are averaged. The trainer then computes log-probs at ``LossInputs.logprob_mask`` and calls
 :func:`~tokenrl.algorithms.losses.policy_loss`. See docs/algorithms.md for the whole sequence.
 
@@ -22,7 +23,7 @@ import torch
 from tokenrl.algorithms.advantages import group_advantages, zero_std_fraction
 from tokenrl.algorithms.losses import AGGREGATIONS, LossInputs, make_loss_inputs
 from tokenrl.algorithms.replay import ReplayConfig
-from tokenrl.algorithms.selectors import SELECTORS, run_selector
+from tokenrl.algorithms.selectors import SELECTORS, run_selector, run_selector_by_group
 from tokenrl.algorithms.trie import WEIGHTINGS, group_pairs, pairs_to_token_tensors
 from tokenrl.rollout import RolloutBatch
 
@@ -249,14 +250,23 @@ def prepare_group(
     batch: RolloutBatch,
     rewards: torch.Tensor,
     cfg: GRPOConfig | SGRPOConfig,
-    generator: torch.Generator | None,
+    generator: torch.Generator | list[torch.Generator] | None,
 ) -> LossInputs:
-    """GRPO / S-GRPO: group-normalised advantage A_i on the tokens chosen by the selector."""
+    """GRPO / S-GRPO: group-normalised advantage A_i on the tokens chosen by the selector.
+
+    ``generator``: one for the whole batch, or a list with one per group (each group's tokens
+    are then drawn alone, see :func:`run_selector_by_group`).
+    """
     _check_batch(batch, rewards)
     G = batch.group_size
     advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)  # [B]
     name, options = cfg.selector_spec()
-    update_mask = run_selector(name, batch.completion_mask, generator, options)  # [B, T]
+    if isinstance(generator, list):
+        update_mask = run_selector_by_group(
+            name, batch.completion_mask, generator, G, options
+        )  # [B, T]
+    else:
+        update_mask = run_selector(name, batch.completion_mask, generator, options)  # [B, T]
     token_adv = advantages.to(update_mask.device)[:, None].expand(update_mask.shape)  # [B, T]
     inputs = make_loss_inputs(
         update_mask,
@@ -281,7 +291,7 @@ def prepare_tspmo(
     batch: RolloutBatch,
     rewards: torch.Tensor,
     cfg: TSPMOConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> LossInputs:
     """T-SPMO: one trie per prompt group; each unique (prefix, token) pair with A != 0 once."""
     _check_batch(batch, rewards)
@@ -336,7 +346,10 @@ class Algorithm:
 
     name: str
     config_cls: type[PolicyLossConfig]
-    prepare: Callable[[RolloutBatch, torch.Tensor, Any, torch.Generator | None], LossInputs]
+    prepare: Callable[
+        [RolloutBatch, torch.Tensor, Any, torch.Generator | list[torch.Generator] | None],
+        LossInputs,
+    ]
     description: str
 
 

@@ -144,13 +144,27 @@ class ReplayBuffer:
 
         Returns how many were stored. ``rewards`` [B].
         """
-        completions = batch.completion_token_lists()
-        added = 0
-        for row, completion in enumerate(completions):
-            prompt = batch.prompt_ids[row][batch.prompt_mask[row]].tolist()
-            key = prompt_keys[int(batch.prompt_index[row])]
-            added += self.add(key, prompt, completion, float(rewards[row]))
-        return added
+        return sum(self.add(*item) for item in rollout_items(batch, rewards, prompt_keys))
+
+
+def rollout_items(
+    batch: RolloutBatch, rewards: torch.Tensor, prompt_keys: Sequence[str]
+) -> list[tuple[str, list[int], list[int], float]]:
+    """The rows of a rollout batch as ``(prompt_key, prompt_ids, completion_ids, reward)``, the
+    arguments of :meth:`ReplayBuffer.add` (plain Python, so processes can exchange them).
+
+    ``prompt_keys[i]`` names the batch's prompt i; ``rewards`` [B].
+    """
+    completions = batch.completion_token_lists()
+    return [
+        (
+            prompt_keys[int(batch.prompt_index[row])],
+            batch.prompt_ids[row][batch.prompt_mask[row]].tolist(),
+            completion,
+            float(rewards[row]),
+        )
+        for row, completion in enumerate(completions)
+    ]
 
 
 def cut_position(

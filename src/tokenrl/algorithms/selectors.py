@@ -107,3 +107,29 @@ def run_selector(
             f"selector {name!r} selected padding positions; AND its mask with completion_mask"
         )
     return update_mask
+
+
+def run_selector_by_group(
+    name: str,
+    completion_mask: torch.Tensor,
+    generators: list[torch.Generator],
+    group_size: int,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    """:func:`run_selector` on each group alone, with that group's own generator.
+
+    Group g (rows g*G .. g*G+G-1) is cut to its own longest completion before the call, so its
+    random draws depend only on its generator and its completions, not on the other groups in the
+    batch or the batch's padded width: a data-parallel run that splits the groups over processes
+    selects the same tokens as one process (docs/distributed.md).
+    ``completion_mask`` [B, T] bool, B = len(generators) * G -> ``update_mask`` [B, T] bool.
+    """
+    B = completion_mask.shape[0]
+    if B != len(generators) * group_size:
+        raise ValueError(f"{len(generators)} generators for {B} rows in groups of {group_size}")
+    update_mask = torch.zeros_like(completion_mask)  # [B, T]
+    for g, gen in enumerate(generators):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        width = int(completion_mask[rows].sum(dim=1).max())  # right-padded: nothing real beyond it
+        update_mask[rows, :width] = run_selector(name, completion_mask[rows, :width], gen, options)
+    return update_mask

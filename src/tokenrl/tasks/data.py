@@ -22,6 +22,8 @@ from tokenrl.answers import canonical_number
 __all__ = ["DataError", "find_data_dir", "gold_answer", "read_json_array", "read_jsonl"]
 
 DATA_ENV = "TOKENRL_DATA"
+# Longest line read_jsonl accepts: a problem is a few KB; a longer line is a wrong or broken file.
+MAX_LINE_BYTES = 1 << 20
 # src/tokenrl/tasks/data.py -> parents[3] is the repository root
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -83,14 +85,21 @@ def read_jsonl(
     """``(line number, record)`` for each JSON object line of ``path``.
 
     Accepts a UTF-8 BOM and skips blank lines. Raises :class:`DataError` for a missing or empty
-    file, bytes that are not UTF-8, a line that is not a JSON object, or a missing field in
-    ``required``.
+    file, bytes that are not UTF-8, a line longer than :data:`MAX_LINE_BYTES`, a line that is
+    not a JSON object, or a missing field in ``required``.
     """
     raw = _read_bytes(path)
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     records = []
     for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        if len(line_bytes) > MAX_LINE_BYTES:
+            raise DataError(
+                f"the line is {len(line_bytes):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit "
+                "for one record; a JSONL file holds one JSON object per line",
+                file=path,
+                line=lineno,
+            )
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as err:
