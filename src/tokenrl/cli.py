@@ -225,26 +225,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = load_config(out / "config.yaml", overrides)
         else:
             cfg = load_config(args.config, overrides)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+                raise UsageError("a data-parallel run (torchrun, accelerate launch) needs --out: every process must name the same run folder")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path(args.out or f"runs/{cfg.train.algo}-{cfg.task.name.replace(':', '-').replace('/', '_')}-{stamp}")
+            if out.exists() and not out.is_dir():
+                raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
             if out.exists() and any(out.iterdir()) and not args.overwrite:
                 raise UsageError(f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to replace it, or another --out")
-            if out.exists() and args.overwrite:
-                import shutil
-
-                shutil.rmtree(out)
     except ConfigError as err:
         raise UsageError(str(err)) from None
     from tokenrl.trainer import train
 
     setup_torch(args)
-    summary = train(cfg, out, resume=bool(args.resume))
+    # --overwrite empties the folder only once the data and model have loaded
+    summary = train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite)
     before = summary.get("before", {}).get("accuracy")
     after = summary["after"]["accuracy"]
     msg = f"held-out accuracy {100 * after:.1f}%"
     if before is not None:
         msg = f"held-out accuracy {100 * before:.1f}% -> {100 * after:.1f}% ({summary['gain_points']:+.1f} points)"
-    print(f"{cfg.train.algo} on {cfg.task.name}: {msg}; run folder {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per data-parallel process
+        print(f"{cfg.train.algo} on {cfg.task.name}: {msg}; run folder {out}")
     return 0
 
 
@@ -278,6 +280,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merge_run(Path(args.run), Path(args.out))
     print(f"merged model written to {args.out}")
     return 0
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from tokenrl.bench.cli import add_bench_args
+
+    add_bench_args(p)
+
+
+@command("bench", "benchmarks against TRL: update memory, update time, whole-step speed, scaling")(_bench_args)
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tokenrl.bench.cli import cmd_bench as run
+
+    return run(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from tokenrl.errors import RunError
+    from tokenrl.errors import Interrupted, RunError, describe_disk_error
     from tokenrl.models import ModelError
     from tokenrl.tasks import DataError, TaskError
 
@@ -335,6 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][2](args) or 0
     except (UsageError, ModelError, DataError, TaskError, RunError) as err:
         print(f"tokenrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:  # Ctrl-C during training: what was saved, how to resume
+        print(f"tokenrl {args.command}: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"tokenrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # a full disk or an unwritable folder: one message, not a traceback
+        message = describe_disk_error(err)
+        if message is None:
+            raise
+        print(f"tokenrl {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

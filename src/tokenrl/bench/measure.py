@@ -1,0 +1,165 @@
+"""Peak memory of one phase, the machine and the library versions.
+
+CPU: peak resident set size (RSS) added during the phase. A background thread reads
+``/proc/self/statm`` every ``interval_s`` (2 ms); before the baseline is read, ``gc.collect()``
+and glibc's ``malloc_trim(0)`` hand freed heap pages back to the OS, so the baseline is the
+memory really held between steps (model, optimiser state) and not the allocator's cache.
+CUDA: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before the phase.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+
+class RssSampler:
+    """Highest RSS seen between ``start()`` and ``stop()`` (bytes), sampled by a thread."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval_s)
+
+    def start(self) -> int:
+        """Start sampling; returns the current RSS (the baseline)."""
+        self.peak = base = self.rss()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return base
+
+    def stop(self) -> int:
+        """Stop sampling; returns the peak RSS seen."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.rss())
+        return self.peak
+
+
+def release_memory() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc only)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PhaseMeter:
+    """Time and peak added memory of one phase: ``begin()`` ... ``end() -> (seconds, bytes)``.
+
+    ``memory=False`` skips the RSS thread (speed runs: nothing competes with the work).
+    """
+
+    def __init__(self, device: str, memory: bool) -> None:
+        self.cuda = device.startswith("cuda")
+        self.memory = memory
+        self._sampler = RssSampler() if memory and not self.cuda else None
+        self._base = 0
+        self._t0 = 0.0
+
+    def begin(self) -> None:
+        import torch
+
+        release_memory()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        elif self._sampler is not None:
+            self._base = self._sampler.start()
+        self._t0 = time.perf_counter()
+
+    def end(self) -> tuple[float, int | None]:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self._t0
+        if self.cuda:
+            return elapsed, torch.cuda.max_memory_allocated() - self._base
+        if self._sampler is not None:
+            return elapsed, self._sampler.stop() - self._base
+        return elapsed, None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, RAM, OS; the GPU name and memory when ``device`` is CUDA."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gib": _ram_gib(),
+        "os": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of python and of the libraries the numbers depend on (None = not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "trl", "tokenrl"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def trl_available() -> bool:
+    try:
+        metadata.version("trl")
+    except metadata.PackageNotFoundError:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None

@@ -1,0 +1,222 @@
+"""`tokenrl bench`: the commands run on the tiny smoke workloads and print well-formed reports.
+
+These check structure and the bookkeeping (ratios, goals, equal completion lengths), never a
+timing. TRL parts are skipped when trl is not installed (rows then say how to install it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenrl.bench.measure import trl_available
+from tokenrl.bench.run import TRL_MISSING, add_ratios, format_report
+from tokenrl.bench.workloads import WORKLOADS, get_workloads
+from tokenrl.cli import main
+
+HAVE_TRL = trl_available()
+
+
+def _run_json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _row(report: dict, impl: str, measure: str) -> dict:
+    return next(r for r in report["rows"] if r["impl"] == impl and r["measure"] == measure)
+
+
+def test_bench_memory_quick_json(capsys):
+    report = _run_json(capsys, ["bench", "memory", "--quick", "--impls", "trl,tspmo", "--json"])
+    assert {"machine", "versions", "settings", "rows", "workloads"} <= report.keys()
+    assert {"cpu", "cores", "ram_gib"} <= report["machine"].keys()
+    assert {"python", "torch", "transformers", "peft", "trl", "tokenrl"} <= report[
+        "versions"
+    ].keys()
+    ours = _row(report, "tspmo", "memory")
+    assert ours["status"] == "ok" and ours["workload"] == "tiny" and ours["unit"] == "MB"
+    assert ours["min"] <= ours["median"] <= ours["max"] and len(ours["samples"]) == 1
+    assert ours["threads_used"] == 2
+    assert ours["info"]["lora_changed"] is True  # the measured step really updated the adapter
+    trl = _row(report, "trl", "memory")
+    if HAVE_TRL:
+        assert trl["status"] == "ok" and trl["info"]["lora_changed"] is True
+        assert ours["ratio_to_trl"] == pytest.approx(ours["median"] / trl["median"])
+    else:
+        assert trl["status"] == TRL_MISSING and ours["ratio_to_trl"] is None
+
+
+def test_bench_speed_whole_step_equal_lengths(capsys):
+    report = _run_json(
+        capsys,
+        ["bench", "speed", "--workloads", "tiny-step", "--quick", "--impls", "trl,sgrpo", "--json"],
+    )
+    L = WORKLOADS["tiny-step"].completion_len
+    ours = _row(report, "sgrpo", "speed")
+    assert ours["metric"] == "completions_per_s" and ours["median"] > 0
+    assert ours["info"]["completion/mean_tokens"] == L  # forced to exactly L new tokens
+    assert ours["info"]["update/skipped"] == 0  # the benchmark reward always gives a signal
+    if HAVE_TRL:
+        trl = _row(report, "trl", "speed")
+        assert trl["info"]["completion/mean_tokens"] == L
+        assert ours["speedup_vs_trl"] == pytest.approx(ours["median"] / trl["median"])
+
+
+def test_bench_scaling_quick_writes_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    argv = ["bench", "scaling", "--quick", "--impls", "tspmo", "--lengths", "16", "--groups", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert (row["impl"], row["completion_len"], row["group"], row["status"]) == (
+        "tspmo",
+        16,
+        4,
+        "ok",
+    )
+    assert {"peak_added_mb", "update_s"} <= row.keys()
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| tspmo | 16 | 4 |" in capsys.readouterr().out
+
+
+def test_ratios_goals_and_table():
+    rows = [
+        {
+            "workload": "A",
+            "measure": "memory",
+            "impl": "trl",
+            "status": "ok",
+            "metric": "peak_added_mb",
+            "median": 1000.0,
+        },
+        {
+            "workload": "A",
+            "measure": "memory",
+            "impl": "grpo",
+            "status": "ok",
+            "metric": "peak_added_mb",
+            "median": 400.0,
+        },
+        {
+            "workload": "A",
+            "measure": "memory",
+            "impl": "tspmo",
+            "status": "ok",
+            "metric": "peak_added_mb",
+            "median": 150.0,
+        },
+        {
+            "workload": "A",
+            "measure": "speed",
+            "impl": "trl",
+            "status": "ok",
+            "metric": "update_s",
+            "median": 3.0,
+        },
+        {
+            "workload": "A",
+            "measure": "speed",
+            "impl": "sgrpo",
+            "status": "ok",
+            "metric": "update_s",
+            "median": 1.0,
+        },
+        {
+            "workload": "C-i",
+            "measure": "speed",
+            "impl": "trl",
+            "status": "ok",
+            "metric": "completions_per_s",
+            "median": 10.0,
+        },
+        {
+            "workload": "C-i",
+            "measure": "speed",
+            "impl": "grpo",
+            "status": "ok",
+            "metric": "completions_per_s",
+            "median": 14.0,
+        },
+    ]
+    add_ratios(rows, WORKLOADS)
+    by = {(r["workload"], r["measure"], r["impl"]): r for r in rows}
+    grpo_mem, tspmo_mem = by["A", "memory", "grpo"], by["A", "memory", "tspmo"]
+    assert grpo_mem["ratio_to_trl"] == pytest.approx(0.4) and grpo_mem["met"] is True  # goal <= 0.5
+    assert (
+        tspmo_mem["ratio_to_trl"] == pytest.approx(0.15) and tspmo_mem["met"] is False
+    )  # goal <= 0.1
+    assert by["A", "speed", "sgrpo"]["speedup_vs_trl"] == pytest.approx(3.0)  # 3 s / 1 s
+    assert by["A", "speed", "sgrpo"]["met"] is True  # goal >= 2x
+    assert by["C-i", "speed", "grpo"]["speedup_vs_trl"] == pytest.approx(
+        1.4
+    )  # 14 / 10 completions/s
+    assert by["C-i", "speed", "grpo"]["met"] is False  # goal >= 1.5x
+    assert by["A", "memory", "trl"]["ratio_to_trl"] is None
+
+
+def test_rows_without_trl_have_no_ratio():
+    rows = [
+        {"workload": "A", "measure": "memory", "impl": "trl", "status": TRL_MISSING},
+        {
+            "workload": "A",
+            "measure": "memory",
+            "impl": "grpo",
+            "status": "ok",
+            "metric": "peak_added_mb",
+            "median": 400.0,
+        },
+    ]
+    add_ratios(rows, WORKLOADS)
+    assert rows[1]["ratio_to_trl"] is None and rows[1]["met"] is None and rows[1]["goal"] == 0.5
+    report = {
+        "machine": {"cpu": "x", "cores": 2, "ram_gib": 1.0},
+        "versions": {"torch": "2", "trl": None},
+        "settings": {
+            "device": "cpu",
+            "dtype": "fp32",
+            "threads": 2,
+            "warmup": 1,
+            "repeats_memory": 3,
+            "repeats_speed": 5,
+        },
+        "workloads": {"A": {"description": "d", "notes": ""}},
+        "rows": [{**r, "min": 1.0, "max": 1.0} for r in rows],
+    }
+    table = format_report(report)
+    assert TRL_MISSING in table and "trl not installed" in table
+    assert "| A | peak added memory (MB) | grpo | 400 | 1-1 | - | <= 0.50x | n/a |" in table
+
+
+def test_step_workloads_have_no_memory_measure():
+    with pytest.raises(ValueError, match="no memory measure"):
+        get_workloads("A,C-i", "memory")
+    with pytest.raises(ValueError, match="unknown workload"):
+        get_workloads("Z", "speed")
+
+
+def test_fixed_rollouts_branch_so_tspmo_has_pairs():
+    from tokenrl.algorithms import get_algorithm
+    from tokenrl.bench.inputs import fixed_rollouts
+    from tokenrl.models import build_byte_tokenizer
+
+    w = WORKLOADS["tiny"]  # G = 4 completions of 16 tokens: branches at 8 (2 variants), then own
+    batch, rewards = fixed_rollouts(w, build_byte_tokenizer(), 512, "cpu")
+    assert batch.completion_ids.shape == (4, 16) and bool(batch.completion_mask.all())
+    assert batch.prompt_ids.shape == (4, w.prompt_len)
+    ids = batch.completion_ids
+    assert bool((ids[:, :8] == ids[0, :8]).all())  # shared first segment
+    assert bool((ids[0, 8:] == ids[2, 8:]).all()) and not bool((ids[0, 8:] == ids[1, 8:]).all())
+    spec = get_algorithm("tspmo")
+    inputs = spec.prepare(batch, rewards, spec.config_cls(), None)
+    # rows 0, 2 and rows 1, 3 are identical (T = 16 leaves only the cut at 8), so the trie
+    # branches once, at position 8, into 2 children with different mean rewards: 2 pairs
+    assert inputs.metrics["tspmo/pairs"] == 2.0
+
+
+def test_without_trl_the_trl_rows_say_how_to_install(monkeypatch, capsys):
+    import tokenrl.bench.run as run
+
+    monkeypatch.setattr(run, "trl_available", lambda: False)  # no subprocess is started
+    report = _run_json(capsys, ["bench", "speed", "--quick", "--impls", "trl", "--json"])
+    assert [r["status"] for r in report["rows"]] == [TRL_MISSING, TRL_MISSING]  # tiny, tiny-step
