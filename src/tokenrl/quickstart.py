@@ -1,0 +1,372 @@
+"""``tokenrl quickstart``: the paper's experiment in miniature, on a CPU, in minutes.
+
+1. A weak base model: by default the tiny local Qwen2 after a short supervised warm-up on the
+   task's train split (:mod:`tokenrl.warmup`), stopped once it answers 40% of a held-out slice of
+   train problems. A pretrained ``--model`` is used as it is.
+2. Full-token GRPO, S-GRPO and T-SPMO, each with a fresh LoRA adapter on that base, the same
+   seed and the same budget, each in its own ``tokenrl train`` process (so that each one's peak
+   memory is its own), evaluated greedily on the test split before and after.
+3. ``report.md`` / ``report.json`` / ``report.png`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tokenrl.config import Config, load_config, save_config
+from tokenrl.errors import RunError
+from tokenrl.warmup import WarmupConfig
+
+DEFAULT_MODEL = "tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024"
+DEFAULT_TASK = "multiplication:3x1"
+ALGOS = ("grpo", "sgrpo", "tspmo")
+
+# The quickstart's RL settings for a warmed-up tiny model on compact multiplication ("891*4=" ->
+# "3564"): answers are at most 5 tokens, so S-GRPO's alpha is lowered to 2 (with the default 16
+# it would select every token, the same as GRPO). How these were chosen: docs/quickstart.md.
+TINY_RL: dict[str, Any] = {
+    "task.style": "compact",
+    "task.eval_limit": None,
+    "rollout.group_size": 16,
+    "rollout.prompts_per_step": 32,
+    "rollout.max_new_tokens": 6,
+    "rollout.temperature": 1.0,
+    "rollout.batch_size": 512,
+    "optim.lr": 1e-3,
+    "optim.warmup_steps": 0,
+    "optim.schedule": "constant",
+    "sgrpo.alpha": 2,
+    "sgrpo.p": 0.5,
+    "train.checkpoint_every": 0,
+    "log.samples_every": 0,
+    "log.progress": False,
+}
+# A pretrained chat model writes longer answers: smaller batches, longer completions.
+PRETRAINED_RL: dict[str, Any] = {
+    "task.eval_limit": 100,
+    "rollout.group_size": 8,
+    "rollout.prompts_per_step": 4,
+    "rollout.max_new_tokens": 48,
+    "optim.lr": 1e-4,
+    "train.checkpoint_every": 0,
+    "log.samples_every": 0,
+    "log.progress": False,
+}
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """Everything a quickstart run does; the CLI fills it from its flags."""
+
+    out: Path
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
+    seed: int = 0
+    steps: int = 100
+    """RL steps of each method."""
+    algos: tuple[str, ...] = ALGOS
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    """Used for a ``tiny`` model only (a pretrained model is its own base)."""
+    task_options: dict[str, Any] = field(default_factory=lambda: {"n_train": 4000, "n_test": 300})
+    """Task options for the built-in multiplication task (300 held-out problems, 4,000 train)."""
+    threads: int | None = None
+    eval_every: int | None = None
+    """Held-out evaluations during training (default: 5 per run)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        unknown = [a for a in self.algos if a not in ALGOS]
+        if unknown or not self.algos:
+            raise ValueError(f"--algos {','.join(self.algos)}: choose from {', '.join(ALGOS)}")
+        if self.is_tiny and not self.task.startswith("multiplication"):
+            raise ValueError(
+                f"--task {self.task} with a tiny model: the warm-up builds a base for multiplication only; "
+                "pass a pretrained --model (e.g. smollm2-135m-instruct) for other tasks"
+            )
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == "tiny" or self.model.startswith("tiny:")
+
+    def rl_config(self, base_model: str, algo: str) -> Config:
+        """The ``tokenrl train`` config of one method (validated like any config)."""
+        settings = dict(TINY_RL if self.is_tiny else PRETRAINED_RL)
+        options = self.task_options if self.task.startswith("multiplication") else {}
+        settings.update(
+            {
+                "model.name": base_model,
+                "task.name": self.task,
+                "task.options": {**options, "seed": self.seed} if options else {},
+                "train.algo": algo,
+                "train.steps": self.steps,
+                "train.seed": self.seed,
+                "train.eval_every": self.eval_every or max(1, self.steps // 5),
+            }
+        )
+        return load_config(None, list(settings.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_quickstart(plan: QuickstartPlan, *, show_progress: bool = True) -> dict[str, Any]:
+    """Warm-up (tiny model), then each method in its own process; writes and returns the report."""
+    t_start = time.perf_counter()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    total = plan.steps * len(plan.algos) + (plan.warmup.max_steps if plan.is_tiny else 0)
+    with Bar(total, show=show_progress) as bar:
+        if plan.is_tiny:
+            base_model, warmup_info = make_base(plan, bar)
+        else:
+            base_model, warmup_info = plan.model, None
+        done = bar.completed
+        methods: dict[str, dict[str, Any]] = {}
+        for algo in plan.algos:
+            bar.describe(f"RL: {algo}")
+            methods[algo] = train_method(plan, base_model, algo, lambda step, d=done: bar.set(d + step))
+            done += plan.steps
+            bar.set(done)
+    report = build_report(plan, base_model, warmup_info, methods, time.perf_counter() - t_start)
+    write_report(plan.out, report)
+    return report
+
+
+def make_base(plan: QuickstartPlan, bar: Bar) -> tuple[str, dict[str, Any]]:
+    """Build the tiny model, warm it up on the train split, save it to ``out/base``."""
+    import torch
+
+    from tokenrl.models import build_tiny
+    from tokenrl.tasks import get_task
+    from tokenrl.warmup import save_base, supervised_warmup
+
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    torch.manual_seed(plan.seed)
+    model, tok = build_tiny(plan.model)
+    options = {**plan.task_options, "seed": plan.seed} if plan.task.startswith("multiplication") else {}
+    task = get_task(plan.task, style="compact", **options)
+    bar.describe("supervised warm-up")
+
+    def on_step(step: int, loss: float, val: float | None) -> None:
+        bar.set(step)
+        if val is not None:
+            bar.describe(f"supervised warm-up (train-slice accuracy {100 * val:.0f}%)")
+
+    info = supervised_warmup(model, tok, task, replace(plan.warmup, seed=plan.seed), on_step=on_step)
+    folder = save_base(model, tok, plan.out / "base")
+    bar.set(plan.warmup.max_steps)
+    return str(folder), info
+
+
+def train_method(
+    plan: QuickstartPlan, base_model: str, algo: str, on_step: Callable[[int], None]
+) -> dict[str, Any]:
+    """``tokenrl train`` for one method in a child process; its summary plus the wall time.
+
+    The child writes ``out/ALGO`` (config.yaml, metrics.jsonl, eval.json, adapter); its output
+    goes to ``out/logs/ALGO.log``; the parent follows metrics.jsonl for the progress bar.
+    """
+    cfg = plan.rl_config(base_model, algo)
+    (plan.out / "configs").mkdir(exist_ok=True)
+    (plan.out / "logs").mkdir(exist_ok=True)
+    cfg_path = plan.out / "configs" / f"{algo}.yaml"
+    save_config(cfg, cfg_path)
+    run_dir = plan.out / algo
+    cmd = [sys.executable, "-m", "tokenrl", "train", str(cfg_path), "--out", str(run_dir), "--overwrite"]
+    if plan.threads:
+        cmd += ["--threads", str(plan.threads)]
+    log_path = plan.out / "logs" / f"{algo}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+        try:
+            while child.poll() is None:
+                time.sleep(0.5)
+                on_step(last_step(run_dir / "metrics.jsonl"))
+        except BaseException:
+            child.terminate()
+            child.wait()
+            raise
+    wall = time.perf_counter() - t0
+    if child.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        raise RunError(f"{algo} training failed (exit status {child.returncode}); end of {log_path}:\n" + "\n".join(tail))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    return {**summary, "wall_seconds": wall, "run_dir": str(run_dir)}
+
+
+def last_step(metrics: Path) -> int:
+    """The highest training step recorded so far in a run's metrics.jsonl (0 when none)."""
+    if not metrics.exists():
+        return 0
+    step = 0
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            step = max(step, int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError):
+            continue  # a line being written right now
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def build_report(
+    plan: QuickstartPlan,
+    base_model: str,
+    warmup: dict[str, Any] | None,
+    methods: dict[str, dict[str, Any]],
+    total_seconds: float,
+) -> dict[str, Any]:
+    """The figures of report.json (report.md shows the same)."""
+    first = next(iter(methods.values()))
+    before = first["before"]
+    return {
+        "settings": {
+            "model": plan.model,
+            "task": plan.task,
+            "task_options": plan.task_options,
+            "seed": plan.seed,
+            "steps": plan.steps,
+            "algos": list(plan.algos),
+            "warmup": asdict(plan.warmup) if plan.is_tiny else None,
+            "rl": TINY_RL if plan.is_tiny else PRETRAINED_RL,
+        },
+        "machine": machine(),
+        "base": {
+            "model": base_model,
+            "accuracy": before["accuracy"],
+            "ci95": before["ci95"],
+            "n": before["n"],
+            "warmup": warmup,
+        },
+        "methods": {
+            algo: {
+                "accuracy": s["after"]["accuracy"],
+                "ci95": s["after"]["ci95"],
+                "gain_points": s.get("gain_points"),
+                "tokens_update_frac": s.get("tokens_update_frac"),
+                "peak_rss_mb": s.get("peak_rss_mb"),
+                "train_seconds": s.get("train_seconds"),
+                "wall_seconds": s["wall_seconds"],
+                "run_dir": s["run_dir"],
+            }
+            for algo, s in methods.items()
+        },
+        "total_seconds": total_seconds,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    s, base = report["settings"], report["base"]
+    lo, hi = base["ci95"]
+    lines = [
+        f"# tokenrl quickstart: {s['task']}, seed {s['seed']}",
+        "",
+        f"Base: `{s['model']}`"
+        + (f" after {base['warmup']['steps']} supervised warm-up steps" if base.get("warmup") else "")
+        + f"; {s['steps']} RL steps per method with LoRA; held-out accuracy is greedy on {base['n']} test problems"
+        " never used in training.",
+        "",
+        "| model | held-out accuracy % (95% CI) | change (points) | completion tokens in the loss % | peak memory MB | wall time s |",
+        "|---|---|---|---|---|---|",
+        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | "
+        f"{base['warmup']['seconds']:.0f} |" if base.get("warmup") else
+        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | - |",
+    ]  # fmt: skip
+    for algo, m in report["methods"].items():
+        lo, hi = m["ci95"]
+        gain = "-" if m["gain_points"] is None else f"{m['gain_points']:+.1f}"
+        lines.append(
+            f"| {algo} | {_pct(m['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | {gain} | {_pct(m['tokens_update_frac'])} "
+            f"| {m['peak_rss_mb'] or 0:.0f} | {m['wall_seconds']:.0f} |"
+        )
+    mc = report["machine"]
+    lines += [
+        "",
+        f"Total {report['total_seconds']:.0f} s on {mc['cpu_count']} CPU cores ({mc['processor']}), torch {mc['torch']}. "
+        "Peak memory is each method's training process (resident set). Run folders: "
+        + ", ".join(f"`{m['run_dir']}`" for m in report["methods"].values())
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    from tokenrl.report import plot_runs
+    from tokenrl.trainer import read_jsonl, write_atomic
+
+    write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(out / "report.md", report_markdown(report))
+    runs = {algo: read_jsonl(Path(m["run_dir"]) / "metrics.jsonl") for algo, m in report["methods"].items()}
+    s = report["settings"]
+    plot_runs(runs, out / "report.png", f"tokenrl quickstart: {s['task']}, seed {s['seed']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+class Bar:
+    """One rich progress bar over the whole quickstart (warm-up steps + every method's steps)."""
+
+    def __init__(self, total: int, *, show: bool = True) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not show,
+        )
+        self.task = self.progress.add_task("starting", total=total)
+        self.completed = 0
+
+    def __enter__(self) -> Bar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def set(self, completed: int) -> None:
+        self.completed = completed
+        self.progress.update(self.task, completed=completed)
+
+    def describe(self, text: str) -> None:
+        self.progress.update(self.task, description=text)

@@ -1,0 +1,94 @@
+"""tokenrl quickstart end to end with a reduced budget (the full run is recorded in the README,
+not timed here), and the warm-up's pieces with hand-checked values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokenrl.cli import main
+from tokenrl.models import build_tiny
+from tokenrl.quickstart import ALGOS, QuickstartPlan, last_step
+from tokenrl.tasks import get_task
+from tokenrl.warmup import IGNORE, WarmupConfig, collate, encode_pairs, supervised_warmup
+
+METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rss_mb", "train_seconds", "wall_seconds", "run_dir"}
+
+
+def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
+    out = tmp_path / "qs"
+    rc = main(["quickstart", "--out", str(out), "--steps", "2", "--warmup-steps", "3", "--threads", "2", "--no-progress"])
+    assert rc == 0
+    for name in ("report.md", "report.json", "report.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert {"settings", "machine", "base", "methods", "total_seconds"} <= report.keys()
+    assert report["base"]["n"] == 300 and report["base"]["warmup"]["steps"] == 3
+    assert set(report["methods"]) == set(ALGOS)
+    for algo, m in report["methods"].items():
+        assert METHOD_KEYS <= m.keys(), algo
+        assert m["gain_points"] == pytest.approx(100 * (m["accuracy"] - report["base"]["accuracy"]))
+        assert 0.0 <= m["tokens_update_frac"] <= 1.0 and m["peak_rss_mb"] > 0
+        assert last_step(out / algo / "metrics.jsonl") == 2
+    # sgrpo's lowered alpha makes it select fewer tokens than full-token grpo
+    assert report["methods"]["grpo"]["tokens_update_frac"] == pytest.approx(1.0)
+    assert report["methods"]["sgrpo"]["tokens_update_frac"] < 1.0
+    md = (out / "report.md").read_text()
+    assert all(f"| {a} |" in md for a in ALGOS) and "| base |" in md
+    assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_quickstart_refuses_a_non_empty_out_and_bad_flags(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    assert main(["quickstart", "--out", str(tmp_path), "--steps", "2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "keep.txt").exists()
+    assert main(["quickstart", "--out", str(tmp_path / "a"), "--algos", "ppo"]) == 2
+    assert "choose from grpo, sgrpo, tspmo" in capsys.readouterr().err
+    assert main(["quickstart", "--out", str(tmp_path / "b"), "--task", "svamp"]) == 2
+    assert "multiplication only" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_rl_config_is_the_same_for_every_method_but_the_algorithm(tmp_path):
+    plan = QuickstartPlan(out=tmp_path, seed=3, steps=10)
+    a, b = plan.rl_config("base", "grpo").to_dict(), plan.rl_config("base", "tspmo").to_dict()
+    assert a["train"].pop("algo") == "grpo" and b["train"].pop("algo") == "tspmo"
+    assert a == b
+    assert a["task"]["options"] == {"n_train": 4000, "n_test": 300, "seed": 3} and a["train"]["seed"] == 3
+
+
+def test_collate_labels_only_the_answer_tokens():
+    batch = collate([([1, 2], [3]), ([4], [5, 6])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, 3], [IGNORE, 5, 6]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 1]]
+    batch = collate([([1], [2]), ([3, 4], [5, 6])], pad_id=9)
+    assert batch["input_ids"].tolist() == [[1, 2, 9, 9], [3, 4, 5, 6]]
+    assert batch["labels"].tolist() == [[IGNORE, 2, IGNORE, IGNORE], [IGNORE, IGNORE, 5, 6]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_warmup_never_sees_test_problems_and_stops_at_the_target():
+    torch.manual_seed(0)
+    model, tok = build_tiny("tiny")
+    task = get_task("multiplication:2x1", style="compact", n_train=300, n_test=50).resolved(tok)
+    pairs = encode_pairs(task, tok, task.examples("train"))
+    assert tok.decode(pairs[0][1]) == task.examples("train")[0].answer + "\n"  # answer, then the stop string
+    test_prompts = {tok.decode(p) for p, _ in encode_pairs(task, tok, task.examples("test"))}
+    assert not test_prompts & {tok.decode(p) for p, _ in pairs}
+    # a target of 0 is reached at the first check: the warm-up stops there
+    info = supervised_warmup(model, tok, task, WarmupConfig(max_steps=20, check_every=4, target_accuracy=0.0, validation=50))
+    assert info["steps"] == 4 and info["reached_target"] and info["train_problems"] == 250
+    # an unreachable target runs every step; the loss goes down on this easy task
+    info = supervised_warmup(model, tok, task, WarmupConfig(max_steps=30, check_every=10, target_accuracy=1.0, validation=50, lr=3e-3))
+    assert info["steps"] == 30 and [s for s, _ in info["checks"]] == [10, 20, 30]
+    assert info["final_loss"] < 2.0
+
+
+def test_warmup_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="target_accuracy"):
+        WarmupConfig(target_accuracy=1.5)
+    with pytest.raises(ValueError, match="lr"):
+        WarmupConfig(lr=0)
