@@ -21,16 +21,15 @@ torch.cuda.max_memory_allocated() minus the memory allocated before the update.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
+
+from tokenrl.bench.measure import RssSampler, release_memory
 
 ALGOS = ("plain", "grpo", "sgrpo", "tspmo")
 VOCAB = 151_936
@@ -57,44 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------
 # worker: one algorithm in this process
-
-
-class RssSampler:
-    """Maximum resident set size seen by a background thread reading /proc/self/statm."""
-
-    def __init__(self, interval_s: float = 0.002) -> None:
-        self.interval_s = interval_s
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-
-def release_memory() -> None:
-    gc.collect()
-    try:  # give freed heap pages back to the OS so the baseline RSS is honest (glibc only)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def build_model(device: str):
@@ -220,12 +181,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            with RssSampler() as sampler:
-                base = sampler.peak
-                t0 = time.perf_counter()
-                update()
-                elapsed = time.perf_counter() - t0
-            peak = sampler.peak - base
+            sampler = RssSampler()
+            base = sampler.start()
+            t0 = time.perf_counter()
+            update()
+            elapsed = time.perf_counter() - t0
+            peak = sampler.stop() - base
         if i > 0:  # the first run is a warm-up
             peaks.append(peak)
             times.append(elapsed)
