@@ -43,6 +43,9 @@ def add_model_args(p: argparse.ArgumentParser, *, adapter: bool = True) -> None:
 def setup_torch(args: argparse.Namespace) -> None:
     import torch
 
+    from tokenrl.heap import bound_heap
+
+    bound_heap()  # resident memory follows live tensors over long runs (tokenrl.heap)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 

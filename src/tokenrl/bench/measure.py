@@ -9,14 +9,14 @@ CUDA: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before 
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import platform
 import threading
 import time
 from importlib import metadata
 from typing import Any
+
+from tokenrl.heap import release_free_heap
 
 
 class RssSampler:
@@ -55,13 +55,7 @@ class RssSampler:
         return self.peak
 
 
-def release_memory() -> None:
-    """Collect garbage and give freed heap pages back to the OS (glibc only)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+release_memory = release_free_heap  # the baseline before a phase: freed heap pages given back
 
 
 class PhaseMeter:

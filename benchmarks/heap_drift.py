@@ -1,0 +1,55 @@
+"""Resident memory between and during training steps, with glibc's allocator bounded or as it is.
+
+    python benchmarks/heap_drift.py configs/smollm2/multiplication_sgrpo.yaml 4     # tokenrl's default
+    TOKENRL_MALLOC=default TRIM=1 python benchmarks/heap_drift.py CONFIG 4         # glibc's own threshold
+
+Prints RSS (MB) after loading, after each generation and after each step (with TRIM=1 also after
+``malloc_trim(0)``, i.e. what is really in use), with the process's peak so far. One thread.
+See docs/reliability.md (Memory over long runs). Writes only to /tmp/heap_drift.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from tokenrl import trainer
+from tokenrl.config import load_config
+from tokenrl.heap import bound_heap, release_free_heap
+
+
+def rss_mb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
+def main(config: str, steps: int) -> None:
+    bound_heap()  # as tokenrl train does (a no-op with TOKENRL_MALLOC=default)
+    torch.set_num_threads(1)
+    trim = os.environ.get("TRIM") == "1"
+    print(f"before load: rss {rss_mb()}", flush=True)
+    tr = trainer.build_trainer(load_config(Path(config)), Path("/tmp/heap_drift"))
+    print(f"after load: rss {rss_mb()} peak {trainer.peak_rss_mb():.0f}", flush=True)
+
+    generate = trainer.generate_rollouts
+
+    def generate_and_report(*args, **kwargs):
+        batch = generate(*args, **kwargs)
+        print(f"  after generation: rss {rss_mb()} peak {trainer.peak_rss_mb():.0f}", flush=True)
+        return batch
+
+    trainer.generate_rollouts = generate_and_report
+    for _ in range(steps):
+        m = trainer.train_step(tr)
+        line = f"step {m['step']}: rss {rss_mb()}"
+        if trim:
+            release_free_heap()
+            line += f" in use {rss_mb()}"
+        print(f"{line} peak {trainer.peak_rss_mb():.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
