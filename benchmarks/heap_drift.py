@@ -1,7 +1,8 @@
 """Resident memory between and during training steps, with glibc's allocator bounded or as it is.
 
-    python benchmarks/heap_drift.py configs/smollm2/multiplication_sgrpo.yaml 4     # tokenrl's default
-    TOKENRL_MALLOC=default TRIM=1 python benchmarks/heap_drift.py CONFIG 4         # glibc's own threshold
+    TOKENRL_MALLOC=MODE python benchmarks/heap_drift.py configs/smollm2/multiplication_sgrpo.yaml 6
+
+MODE is trim (tokenrl's default), bounded or default (glibc left alone); see tokenrl.heap.
 
 Prints RSS (MB) after loading, after each generation and after each step (with TRIM=1 also after
 ``malloc_trim(0)``, i.e. what is really in use), with the process's peak so far. One thread.
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from tokenrl import trainer
 from tokenrl.config import load_config
-from tokenrl.heap import bound_heap, release_free_heap
+from tokenrl.heap import bound_heap, release_free_heap, trim_heap
 
 
 def rss_mb() -> int:
@@ -27,7 +29,7 @@ def rss_mb() -> int:
 
 
 def main(config: str, steps: int) -> None:
-    bound_heap()  # as tokenrl train does (a no-op with TOKENRL_MALLOC=default)
+    bound_heap()  # as tokenrl train does (only the bounded mode changes glibc's threshold)
     torch.set_num_threads(1)
     trim = os.environ.get("TRIM") == "1"
     print(f"before load: rss {rss_mb()}", flush=True)
@@ -43,8 +45,10 @@ def main(config: str, steps: int) -> None:
 
     trainer.generate_rollouts = generate_and_report
     for _ in range(steps):
+        t0 = time.perf_counter()
         m = trainer.train_step(tr)
-        line = f"step {m['step']}: rss {rss_mb()}"
+        trim_heap()  # as tokenrl train does after every step (not in the default mode)
+        line = f"step {m['step']}: {time.perf_counter() - t0:.1f} s, update {m['time/update']:.1f} s, rss {rss_mb()}"
         if trim:
             release_free_heap()
             line += f" in use {rss_mb()}"

@@ -1,4 +1,4 @@
-"""tokenrl.heap: a fixed glibc mmap threshold keeps resident memory near live memory."""
+"""tokenrl.heap: malloc_trim or a fixed glibc mmap threshold keeps resident memory near live memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tokenrl.heap import bound_heap, release_free_heap
+from tokenrl.heap import bound_heap, heap_mode, release_free_heap, trim_heap
 
 
 def _glibc() -> bool:
@@ -29,9 +29,8 @@ needs_glibc = pytest.mark.skipif(
 PROBE = textwrap.dedent(
     """
     import sys, torch
-    from tokenrl.heap import bound_heap
-    if sys.argv[1] == "bound":
-        assert bound_heap()
+    from tokenrl.heap import bound_heap, trim_heap
+    assert bound_heap() == (sys.argv[1] == "bounded")
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096 / 2**20
@@ -41,39 +40,57 @@ PROBE = textwrap.dedent(
         big = [torch.ones(4 * 2**20) for _ in range(4)]  # 4 x 16 MiB
         keep += [torch.ones(1024) for _ in range(200)]  # keeps the heap top busy
         del big
+    trim_heap()  # what the trainer does after each step
     print(rss() - base)
     """
 )
 
 
 def kept_mib(mode: str) -> float:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "TOKENRL_MALLOC")
-    }
+    """Resident MiB the probe keeps after freeing, with ``TOKENRL_MALLOC=mode``."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env["TOKENRL_MALLOC"] = mode
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env
     )
+    assert out.returncode == 0, out.stderr
     return float(out.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
-def test_bound_heap_returns_freed_big_tensors_to_the_os() -> None:
-    default, bound = kept_mib("default"), kept_mib("bound")
+def test_trim_and_bounded_modes_return_freed_big_tensors_to_the_os() -> None:
+    default, trim, bounded = kept_mib("default"), kept_mib("trim"), kept_mib("bounded")
     # glibc's default raises the threshold after the first free: the next 16 MiB blocks live in
-    # the heap and stay resident; with the fixed threshold they are unmapped on free
+    # the heap and stay resident; malloc_trim hands them back, a fixed threshold unmaps them
     assert default > 48, (
         f"glibc's default kept only {default:.1f} MiB: the probe no longer shows the drift"
     )
-    assert bound < 16, f"{bound:.1f} MiB still resident after freeing with a fixed threshold"
+    assert trim < 16, f"{trim:.1f} MiB still resident after trim_heap"
+    assert bounded < 16, f"{bounded:.1f} MiB still resident after freeing with a fixed threshold"
 
 
-def test_bound_heap_respects_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+def test_heap_mode_defaults_to_trim_and_respects_the_users_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TOKENRL_MALLOC", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert heap_mode() == "trim"
+    assert bound_heap() is False  # only the bounded mode touches the threshold
+    monkeypatch.setenv("TOKENRL_MALLOC", "bounded")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")  # the user's own setting wins
+    assert heap_mode() == "default"
     assert bound_heap() is False
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    monkeypatch.setenv("TOKENRL_MALLOC", "default")
-    assert bound_heap() is False
 
 
-def test_release_free_heap_runs_anywhere() -> None:
+def test_unknown_heap_mode_names_the_allowed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("TOKENRL_MALLOC", "fast")
+    with pytest.raises(
+        ValueError, match="TOKENRL_MALLOC='fast' is not one of trim, bounded, default"
+    ):
+        heap_mode()
+
+
+def test_release_and_trim_run_anywhere() -> None:
     release_free_heap()  # no error where the C library has no malloc_trim
+    trim_heap()

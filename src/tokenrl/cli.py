@@ -45,7 +45,10 @@ def setup_torch(args: argparse.Namespace) -> None:
 
     from tokenrl.heap import bound_heap
 
-    bound_heap()  # resident memory follows live tensors over long runs (tokenrl.heap)
+    try:  # resident memory kept near live memory over long runs (tokenrl.heap)
+        bound_heap()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 

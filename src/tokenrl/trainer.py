@@ -43,6 +43,7 @@ from tokenrl.distributed import Distributed, check_divisible, init_from_env, shu
 from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message, score_completions
+from tokenrl.heap import trim_heap
 from tokenrl.models import LoadedModel, load_model
 from tokenrl.rollout import (
     RolloutBatch,
@@ -632,6 +633,7 @@ def train(
         with stop, progress_bar(cfg, show=main) as bar:
             if tr.step == 0 and cfg.train.eval_before and "before" not in summary:
                 before = run_eval(tr)
+                trim_heap()
                 logger.write(eval_metrics(before, 0))
                 summary["before"] = before.summary()
                 if main:
@@ -642,11 +644,13 @@ def train(
                 with stop.step():  # a first Ctrl-C lets the step finish
                     m = train_step(tr)
                     logger.write(m)
+                trim_heap()  # freed transient tensors back to the OS (tokenrl.heap)
                 check_nonfinite(tr, m, on_event)
                 if cfg.train.eval_every and tr.step % cfg.train.eval_every == 0 and tr.step < cfg.train.steps:
                     result = run_eval(tr)
                     logger.write(eval_metrics(result, tr.step))
                     last_acc = result.accuracy
+                    trim_heap()
                 if cfg.train.checkpoint_every and tr.step % cfg.train.checkpoint_every == 0:
                     save_checkpoint(tr)
                 bar.update(tr.step, m["reward/mean"], last_acc)
