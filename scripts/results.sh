@@ -65,7 +65,9 @@ for task in mult svamp; do
     dest="docs/results/$(basename "$dir")"
     mkdir -p "$dest"
     cp "$dir"eval.json "$dir"config.yaml "$dir"metrics.jsonl "$dest"/
-    [ -f "$dir"wall.json ] && cp "$dir"wall.json "$dest"/
+    for f in wall.json wall-killed.json; do  # wall-killed.json: a first attempt's time, kept by hand
+      [ -f "$dir$f" ] && cp "$dir$f" "$dest"/
+    done
   done
   [ ${#runs[@]} -gt 0 ] || continue
   .venv/bin/tokenrl compare "${runs[@]}" --out "$OUT/$task"
