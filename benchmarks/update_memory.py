@@ -29,7 +29,8 @@ import sys
 import time
 from typing import Any
 
-from tokenrl.bench.measure import RssSampler, release_memory
+from tokenrl.bench.measure import RssSampler
+from tokenrl.heap import release_free_heap
 
 ALGOS = ("plain", "grpo", "sgrpo", "tspmo")
 VOCAB = 151_936
@@ -170,7 +171,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     peaks, times = [], []
     for i in range(1 + args.repeats):
         model.zero_grad(set_to_none=True)
-        release_memory()
+        release_free_heap()
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -52,7 +52,7 @@ one_run() {  # NAME CONFIG extra...
   tail -n 1 "$OUT/$name.log"
 }
 export -f one_run finished
-export OUT THREADS JOBS RESULTS_NOTE
+export OUT THREADS RESULTS_NOTE
 
 echo "$RUNS" | xargs -P "$JOBS" -L 1 bash -c 'one_run "$@"' _
 

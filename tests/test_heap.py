@@ -24,8 +24,9 @@ needs_glibc = pytest.mark.skipif(
     not _glibc(), reason="glibc malloc only (Linux); elsewhere bound_heap does nothing"
 )
 
-# Allocate and free 16 MiB tensors (below glibc's 32 MiB cap on the dynamic threshold) a few times, then a heap of small ones so a freed big block
-# cannot be trimmed from the top, and print the resident MiB kept after everything is freed.
+# Allocate and free 16 MiB tensors (below glibc's 32 MiB cap on the dynamic threshold) a few
+# times, with small ones between so a freed big block cannot be trimmed from the heap's top, and
+# print the resident MiB kept after everything big is freed.
 PROBE = textwrap.dedent(
     """
     import sys, torch

@@ -370,7 +370,10 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
 
 
 def run_eval(tr: Trainer) -> EvalResult:
-    """Greedy held-out accuracy; in a data-parallel run rank 0 evaluates and shares the result."""
+    """Greedy held-out accuracy; in a data-parallel run rank 0 evaluates and shares the result.
+
+    Afterwards the evaluation's freed tensors go back to the OS (:func:`tokenrl.heap.trim_heap`).
+    """
     if not tr.dist.is_main:
         return tr.dist.broadcast(None)
     result = evaluate(
@@ -381,6 +384,7 @@ def run_eval(tr: Trainer) -> EvalResult:
         max_new_tokens=tr.cfg.rollout.max_new_tokens,
         batch_size=tr.cfg.rollout.batch_size,
     )
+    trim_heap()
     return tr.dist.broadcast(result)
 
 
@@ -633,7 +637,6 @@ def train(
         with stop, progress_bar(cfg, show=main) as bar:
             if tr.step == 0 and cfg.train.eval_before and "before" not in summary:
                 before = run_eval(tr)
-                trim_heap()
                 logger.write(eval_metrics(before, 0))
                 summary["before"] = before.summary()
                 if main:
@@ -650,7 +653,6 @@ def train(
                     result = run_eval(tr)
                     logger.write(eval_metrics(result, tr.step))
                     last_acc = result.accuracy
-                    trim_heap()
                 if cfg.train.checkpoint_every and tr.step % cfg.train.checkpoint_every == 0:
                     save_checkpoint(tr)
                 bar.update(tr.step, m["reward/mean"], last_acc)

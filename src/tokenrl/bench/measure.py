@@ -55,9 +55,6 @@ class RssSampler:
         return self.peak
 
 
-release_memory = release_free_heap  # the baseline before a phase: freed heap pages given back
-
-
 class PhaseMeter:
     """Time and peak added memory of one phase: ``begin()`` ... ``end() -> (seconds, bytes)``.
 
@@ -74,7 +71,7 @@ class PhaseMeter:
     def begin(self) -> None:
         import torch
 
-        release_memory()
+        release_free_heap()
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
