@@ -1,0 +1,117 @@
+"""What RL learns fast and what it learns slowly: a planted slip against the arithmetic itself.
+
+The quickstart's base (tiny Qwen2 after a supervised warm-up on 3x1 multiplication) gains only
+7-15 points in 100 RL steps, because what it gets wrong is the arithmetic. This experiment gives
+the base a *behaviour* to unlearn instead: in the warm-up, a share of the answers carry a stray
+trailing zero ("891*4=35640", the product times ten), so the base knows the arithmetic about as
+well but often writes the slip. Each method then trains as in the quickstart (same RL settings,
+from the same base) and we report held-out accuracy, the slip rate and the accuracy with slips
+forgiven (the arithmetic alone), before and after.
+
+    python benchmarks/slip_warmup.py [--seed 0] [--slip 0.5] [--warmup-steps 1400] [--steps 60]
+        [--algos grpo,sgrpo,tspmo] [--threads N] [--out runs/slip-SEED]
+
+Writes OUT/summary.json and prints a table. The figures in docs/quickstart.md come from it.
+Not part of the quickstart: the slip is planted on purpose, so the gain measures how quickly RL
+removes a behaviour the base already shows half of the time, not new skill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenrl.config import save_config
+from tokenrl.evaluation import evaluate
+from tokenrl.models import build_tiny
+from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan
+from tokenrl.tasks import get_task
+from tokenrl.warmup import collate, encode_pairs, save_base
+
+
+def slip_stats(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy, share of answers that are the product with a trailing zero, and both together."""
+    n = len(records)
+    right = sum(r["completion"].strip() == r["gold"] for r in records)
+    slips = sum(r["completion"].strip() == r["gold"] + "0" for r in records)
+    return {"accuracy": right / n, "slip_rate": slips / n, "slip_forgiven_accuracy": (right + slips) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slip", type=float, default=0.5, help="share of warm-up answers written with a trailing zero")
+    ap.add_argument("--warmup-steps", type=int, default=1400)
+    ap.add_argument("--steps", type=int, default=60, help="RL steps per method")
+    ap.add_argument("--algos", default="grpo,sgrpo,tspmo")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    out = args.out or Path(f"runs/slip-{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    # the quickstart's base model and task, with the slip planted in the warm-up data
+    plan = QuickstartPlan(out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")))
+    torch.manual_seed(args.seed)
+    model, tok = build_tiny(DEFAULT_MODEL)
+    task = get_task(plan.task, style="compact", **plan.task_options, seed=args.seed).resolved(tok)
+    fit = task.examples("train")[plan.warmup.validation :]
+    clean = encode_pairs(task, tok, fit)
+    slipped = [(p, tok(e.answer + "0" + task.stop[0], add_special_tokens=False)["input_ids"]) for (p, _), e in zip(clean, fit, strict=True)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.warmup.lr, weight_decay=0.0)
+    draws = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup_steps):
+        idx = torch.randint(len(clean), (plan.warmup.batch_size,), generator=draws).tolist()
+        flip = (torch.rand(plan.warmup.batch_size, generator=draws) < args.slip).tolist()
+        loss = model(**collate([(slipped if f else clean)[i] for i, f in zip(idx, flip, strict=True)], tok.pad_token_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    warmup_seconds = time.perf_counter() - t0
+    model.eval()
+    test = task.examples("test")
+    before = slip_stats(evaluate(model, tok, task, test, max_new_tokens=8, batch_size=len(test)).records)
+    base = save_base(model, tok, out / "base")
+
+    summary: dict[str, Any] = {
+        "settings": vars(args) | {"out": str(out)},
+        "warmup_seconds": warmup_seconds,
+        "base": before,
+        "methods": {},
+    }
+    for algo in plan.algos:
+        cfg_path = out / f"{algo}.yaml"
+        save_config(plan.rl_config(str(base), algo), cfg_path)
+        cmd = [sys.executable, "-m", "tokenrl", "train", str(cfg_path), "--out", str(out / algo), "--overwrite"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        with open(out / f"{algo}.log", "w", encoding="utf-8") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+        records = [json.loads(line) for line in (out / algo / "eval_completions.jsonl").read_text().splitlines()]
+        curve = [
+            (row["step"], row["eval/accuracy"])
+            for row in map(json.loads, (out / algo / "metrics.jsonl").read_text().splitlines())
+            if "eval/accuracy" in row
+        ]
+        summary["methods"][algo] = slip_stats(records) | {"curve": curve}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    print(f"seed {args.seed}, slip {args.slip}, {args.warmup_steps} warm-up steps ({warmup_seconds:.0f} s), {args.steps} RL steps")
+    print("| model | accuracy % | slip rate % | accuracy with slips forgiven % |")
+    print("|---|---|---|---|")
+    for name, s in [("base", before), *summary["methods"].items()]:
+        print(f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['slip_rate']:.1f} | {100 * s['slip_forgiven_accuracy']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
