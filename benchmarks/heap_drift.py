@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from tokenrl import trainer
+from tokenrl.bench.measure import RssSampler
 from tokenrl.config import load_config
 from tokenrl.heap import bound_heap, release_free_heap, trim_heap
 
 
 def rss_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    return RssSampler().rss() // 2**20
 
 
 def main(config: str, steps: int) -> None:

@@ -33,6 +33,7 @@ from tokenrl.evaluation import evaluate
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan
 from tokenrl.tasks import get_task
+from tokenrl.trainer import read_jsonl
 from tokenrl.warmup import collate, encode_pairs, save_base
 
 
@@ -97,12 +98,8 @@ def main() -> None:
             cmd += ["--threads", str(args.threads)]
         with open(out / f"{algo}.log", "w", encoding="utf-8") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-        records = [json.loads(line) for line in (out / algo / "eval_completions.jsonl").read_text().splitlines()]
-        curve = [
-            (row["step"], row["eval/accuracy"])
-            for row in map(json.loads, (out / algo / "metrics.jsonl").read_text().splitlines())
-            if "eval/accuracy" in row
-        ]
+        records = read_jsonl(out / algo / "eval_completions.jsonl")
+        curve = [(row["step"], row["eval/accuracy"]) for row in read_jsonl(out / algo / "metrics.jsonl") if "eval/accuracy" in row]
         summary["methods"][algo] = slip_stats(records) | {"curve": curve}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 

@@ -30,11 +30,11 @@ needs_glibc = pytest.mark.skipif(
 PROBE = textwrap.dedent(
     """
     import sys, torch
+    from tokenrl.bench.measure import RssSampler
     from tokenrl.heap import bound_heap, trim_heap
     assert bound_heap() == (sys.argv[1] == "bounded")
     def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
+        return RssSampler().rss() / 2**20
     base = rss()
     keep = []
     for _ in range(3):
