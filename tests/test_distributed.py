@@ -207,3 +207,19 @@ def test_keyed_sampling_follows_the_model_distribution():
     picks = KeyedSampler(list(range(4000)), torch.device("cpu"))(None, scores).argmax(dim=1)
     freq = torch.bincount(picks, minlength=4).float() / 4000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03), freq
+
+
+def test_a_worker_that_joined_a_group_exits_with_its_code_and_flushed_output():
+    """exit_if_joined skips interpreter teardown (os._exit) only after init_from_env joined a group;
+    what the process printed still comes out, and the status is the command's."""
+    code = (
+        "import sys, tokenrl.distributed as d\n"
+        "d.exit_if_joined(5)\n"  # not joined: returns
+        "print('summary line', end='')\n"
+        "print('a warning', file=sys.stderr, end='')\n"
+        "d._joined = True\n"
+        "d.exit_if_joined(3)\n"
+        "print(' not reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "summary line", "a warning")

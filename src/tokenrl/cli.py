@@ -408,27 +408,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from tokenrl.distributed import exit_if_joined
     from tokenrl.errors import Interrupted, RunError, describe_disk_error
     from tokenrl.models import ModelError
     from tokenrl.tasks import DataError, TaskError
 
     try:
-        return COMMANDS[args.command][2](args) or 0
+        code = COMMANDS[args.command][2](args) or 0
     except (UsageError, ModelError, DataError, TaskError, RunError) as err:
         print(f"tokenrl {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except Interrupted as err:  # Ctrl-C during training: what was saved, how to resume
         print(f"tokenrl {args.command}: {err}", file=sys.stderr)
-        return 130
+        code = 130
     except KeyboardInterrupt:
         print(f"tokenrl {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except OSError as err:  # a full disk or an unwritable folder: one message, not a traceback
         message = describe_disk_error(err)
         if message is None:
             raise
         print(f"tokenrl {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        code = 2
+    exit_if_joined(code)  # a torchrun worker ends here (tokenrl.distributed.exit_if_joined)
+    return code
 
 
 if __name__ == "__main__":
