@@ -23,7 +23,9 @@ mkdir -p "$OUT"
 
 # NAME CONFIG [extra arguments]. The SVAMP runs after the first skip the evaluation before
 # training: it is greedy, on the same 300 problems with the same model, so it repeats
-# svamp-sgrpo's base figure (about 9 minutes each on one thread).
+# svamp-sgrpo's base figure (about 9 minutes each on one thread). svamp-tspmo-64 caps
+# completions at 64 tokens instead of 120 (no correct greedy answer of the runs above was over
+# 25 tokens) to fit a run in about 45 minutes on 2 threads; it measures its own base.
 RUNS="mult-sgrpo configs/smollm2/multiplication_sgrpo.yaml
 mult-grpo configs/smollm2/multiplication_grpo.yaml
 mult-tspmo configs/smollm2/multiplication_tspmo.yaml
@@ -31,7 +33,8 @@ mult-grpo-lr3e-4-50steps configs/smollm2/multiplication_grpo.yaml --optim.lr 3e-
 mult-grpo-lr1e-3-50steps configs/smollm2/multiplication_grpo.yaml --optim.lr 1e-3 --train.steps 50
 svamp-sgrpo configs/smollm2/svamp_sgrpo.yaml
 svamp-grpo configs/smollm2/svamp_grpo.yaml --train.eval_before false
-svamp-tspmo configs/smollm2/svamp_tspmo.yaml --train.eval_before false"
+svamp-tspmo configs/smollm2/svamp_tspmo.yaml --train.eval_before false
+svamp-tspmo-64 configs/smollm2/svamp_tspmo.yaml --rollout.max_new_tokens 64"
 if [ $# -gt 0 ]; then
   RUNS=$(echo "$RUNS" | grep -E "^($(IFS='|'; echo "$*")) ")
 fi
