@@ -23,18 +23,21 @@ mkdir -p "$OUT"
 
 # NAME CONFIG [extra arguments]. The SVAMP runs after the first skip the evaluation before
 # training: it is greedy, on the same 300 problems with the same model, so it repeats
-# svamp-sgrpo's base figure (about 9 minutes each on one thread). svamp-tspmo-64 caps
-# completions at 64 tokens instead of 120 (no correct greedy answer of the runs above was over
-# 25 tokens) to fit a run in about 45 minutes on 2 threads; it measures its own base.
+# svamp-sgrpo's base figure (about 9 minutes each on one thread). The configs cap completions
+# at 64 tokens (the svamp-*-64 runs, about 45 minutes or less each on 2 threads; no correct
+# greedy answer of the 120-token runs was over 25 tokens); svamp-tspmo-64 measures its own base,
+# which svamp-grpo-64 and svamp-sgrpo-64 then skip.
 RUNS="mult-sgrpo configs/smollm2/multiplication_sgrpo.yaml
 mult-grpo configs/smollm2/multiplication_grpo.yaml
 mult-tspmo configs/smollm2/multiplication_tspmo.yaml
 mult-grpo-lr3e-4-50steps configs/smollm2/multiplication_grpo.yaml --optim.lr 3e-4 --train.steps 50
 mult-grpo-lr1e-3-50steps configs/smollm2/multiplication_grpo.yaml --optim.lr 1e-3 --train.steps 50
-svamp-sgrpo configs/smollm2/svamp_sgrpo.yaml
-svamp-grpo configs/smollm2/svamp_grpo.yaml --train.eval_before false
-svamp-tspmo configs/smollm2/svamp_tspmo.yaml --train.eval_before false
-svamp-tspmo-64 configs/smollm2/svamp_tspmo.yaml --rollout.max_new_tokens 64"
+svamp-sgrpo configs/smollm2/svamp_sgrpo.yaml --rollout.max_new_tokens 120
+svamp-grpo configs/smollm2/svamp_grpo.yaml --rollout.max_new_tokens 120 --train.eval_before false
+svamp-tspmo configs/smollm2/svamp_tspmo.yaml --rollout.max_new_tokens 120 --train.eval_before false
+svamp-tspmo-64 configs/smollm2/svamp_tspmo.yaml
+svamp-grpo-64 configs/smollm2/svamp_grpo.yaml --train.eval_before false
+svamp-sgrpo-64 configs/smollm2/svamp_sgrpo.yaml --train.eval_before false"
 if [ $# -gt 0 ]; then
   RUNS=$(echo "$RUNS" | grep -E "^($(IFS='|'; echo "$*")) ")
 fi
