@@ -31,6 +31,23 @@ def test_eval_pass_at_k(tmp_path):
     assert len(records) == 12 and sorted({r["sample"] for r in records}) == [0, 1, 2, 3]
 
 
+def test_task_options_choose_the_problems(tmp_path, capsys):
+    """--task-option seed=3 n_test=5 evaluates that split's test problems (a quickstart seed's)."""
+    from tokenrl.tasks import get_task
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny", "--task", "mult:2x1", "--task-option", "seed=3",
+                 "--task-option", "n_test=5", "--max-new-tokens", "2", "--out", str(out)]) == 0  # fmt: skip
+    ids = [json.loads(line)["id"] for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert ids == [e.id for e in get_task("mult:2x1", seed=3, n_test=5).examples("test")]
+    assert ids != [e.id for e in get_task("mult:2x1").examples("test")][:5]
+    assert json.loads((out / "eval.json").read_text())["task_options"] == {"seed": 3, "n_test": 5}
+    assert main(["eval", "--model", "tiny", "--task", "mult:2x1", "--task-option", "seed"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+    assert main(["eval", "--model", "tiny", "--task", "mult:2x1", "--task-option", "sede=3"]) == 2
+    assert "unknown option 'sede'" in capsys.readouterr().err
+
+
 def test_eval_svamp_reports_per_type(tmp_path):
     import pytest
 

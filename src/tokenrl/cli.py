@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 # Before torch is imported: OpenMP spin-waiting makes small models 50x slower on busy cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -130,8 +131,24 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default="auto", help="prompt style: auto, chat, plain, fewshot, compact (default: %(default)s)")
     p.add_argument("--data-path", default=None, help="folder with svamp/ and gsm8k/ (default: $TOKENRL_DATA or ../shared/data)")
     p.add_argument("--batch-size", type=int, default=64, help="completions generated at once (default: %(default)s)")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task option, repeatable: e.g. --task-option seed=1 --task-option n_test=300 "
+                        "gives a quickstart seed's multiplication split (options: docs/tasks.md)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder for eval.json and completions.jsonl (default: runs/eval-TASK-TIME)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def parse_task_options(items: list[str]) -> dict[str, Any]:
+    """``["seed=1", "n_test=300"]`` -> ``{"seed": 1, "n_test": 300}`` (values read as YAML scalars)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--task-option {item!r}: write KEY=VALUE, e.g. --task-option seed=1")
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return options
 
 
 @command("eval", "held-out accuracy (greedy, with a 95%% CI) or pass@k of a model on a task")(_eval_args)
@@ -151,7 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--samples and --limit must be at least 1")
     # Read and check the data before anything is loaded or written.
-    task = get_task(args.task, data_path=args.data_path, style=args.style)
+    options = parse_task_options(args.task_option)
+    task = get_task(args.task, data_path=args.data_path, style=args.style, **options)
     examples = task.examples(args.split)[: args.limit]
     if not examples:
         raise UsageError(f"{args.task} has no {args.split} problems")
@@ -169,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     summary = {
         "model": args.model, "adapter": args.adapter, "split": args.split, "style": task.resolve_style(lm.tokenizer),
-        "max_new_tokens": max_new, "dtype": args.dtype, **result.summary(),
+        "max_new_tokens": max_new, "dtype": args.dtype, "task_options": options, **result.summary(),
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
