@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tokenrl.config import save_config
 from tokenrl.evaluation import evaluate
 from tokenrl.models import build_tiny
-from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan
+from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan, train_method
 from tokenrl.tasks import get_task
 from tokenrl.trainer import read_jsonl
 from tokenrl.warmup import collate, encode_pairs, save_base
@@ -61,7 +58,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     # the quickstart's base model and task, with the slip planted in the warm-up data
-    plan = QuickstartPlan(out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")))
+    plan = QuickstartPlan(
+        out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")), threads=args.threads
+    )
     torch.manual_seed(args.seed)
     model, tok = build_tiny(DEFAULT_MODEL)
     task = get_task(plan.task, style="compact", **plan.task_options, seed=args.seed).resolved(tok)
@@ -90,14 +89,8 @@ def main() -> None:
         "base": before,
         "methods": {},
     }
-    for algo in plan.algos:
-        cfg_path = out / f"{algo}.yaml"
-        save_config(plan.rl_config(str(base), algo), cfg_path)
-        cmd = [sys.executable, "-m", "tokenrl", "train", str(cfg_path), "--out", str(out / algo), "--overwrite"]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        with open(out / f"{algo}.log", "w", encoding="utf-8") as log:
-            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    for algo in plan.algos:  # each in its own `tokenrl train` process, as in the quickstart
+        train_method(plan, str(base), algo, on_step=lambda step: None)
         records = read_jsonl(out / algo / "eval_completions.jsonl")
         curve = [(row["step"], row["eval/accuracy"]) for row in read_jsonl(out / algo / "metrics.jsonl") if "eval/accuracy" in row]
         summary["methods"][algo] = slip_stats(records) | {"curve": curve}
