@@ -459,7 +459,7 @@ def _assert_not_corrupt(run: Path) -> None:
             assert state["step"] == int(p.name.split("-")[1])
             load_file(p / "adapter" / "adapter_model.safetensors")
         else:
-            assert p.name.startswith(".tmp-step-"), p
+            assert p.name.startswith((".tmp-step-", ".old-step-")), p
 
 
 def _assert_finished_like(run: Path, reference: dict[str, torch.Tensor]) -> None:
@@ -538,6 +538,33 @@ def test_ctrl_c_saves_the_last_step_and_resume_is_exact(tmp_path, reference):
     proc = _launch(["--resume", str(run)], log)
     assert proc.wait(timeout=300) == 0, log.read_text()
     _assert_finished_like(run, reference)
+
+
+def test_a_deletion_cut_short_never_leaves_a_visible_partial_checkpoint(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        (root / f"step-00000{step}" / "adapter").mkdir(parents=True)
+        (root / f"step-00000{step}" / "state.pt").write_bytes(b"x")
+        (root / f"step-00000{step}" / "COMPLETE").write_text(str(step))
+    real_rmtree = trainer.shutil.rmtree
+
+    def killed_while_deleting(path, *args, **kwargs):
+        if Path(path).name == ".old-step-000001" and Path(path).exists():
+            (Path(path) / "COMPLETE").unlink()  # part of the folder is gone when the kill lands
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.remove_checkpoint(root / "step-000001")
+    monkeypatch.setattr(trainer.shutil, "rmtree", real_rmtree)
+    assert sorted(p.name for p in root.iterdir()) == [".old-step-000001", "step-000002"]
+    assert checkpoint_dirs(tmp_path) == [root / "step-000002"]
+
+    (root / "step-000003").mkdir()  # an incomplete visible folder, as older versions could leave
+    (root / ".tmp-step-000004").mkdir()
+    trainer.remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):

@@ -464,17 +464,28 @@ def save_checkpoint(tr: Trainer) -> Path:
 
 
 def remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint folder, its ``COMPLETE`` marker first: a deletion cut short by a kill
-    leaves a folder that no longer counts as a checkpoint."""
-    (path / CHECKPOINT_DONE).unlink(missing_ok=True)
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete a checkpoint folder: one rename hides it (``.old-step-N``), then it is deleted, so
+    a kill at any moment leaves either the whole checkpoint or a hidden leftover, never a visible
+    ``step-N`` folder with part of its files."""
+    if not path.exists():
+        return
+    hidden = path.with_name(f".old-{path.name}")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def remove_partial_checkpoints(out: Path) -> None:
-    """Delete the ``.tmp-step-*`` folders of checkpoints whose writing was cut short."""
+    """Delete what a kill can leave in ``checkpoints/``: the hidden ``.tmp-step-*`` (writing cut
+    short) and ``.old-step-*`` (deletion cut short) folders, and ``step-*`` folders without the
+    ``COMPLETE`` marker (left by versions that deleted the marker first)."""
     root = out / "checkpoints"
-    if root.is_dir():
-        for p in root.glob(".tmp-step-*"):
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        hidden = p.name.startswith((".tmp-step-", ".old-step-"))
+        incomplete = p.name.startswith("step-") and not (p / CHECKPOINT_DONE).exists()
+        if p.is_dir() and (hidden or incomplete):
             shutil.rmtree(p, ignore_errors=True)
 
 
