@@ -1,11 +1,12 @@
 """What RL learns fast and what it learns slowly: a planted slip against the arithmetic itself.
 
-The quickstart's base (tiny Qwen2 after a supervised warm-up on 3x1 multiplication) gains only
-7-15 points in 100 RL steps, because what it gets wrong is the arithmetic. This experiment gives
+The quickstart's base (tiny Qwen2 after a supervised warm-up on 3x1 multiplication) gained only
+7-15 points in 100 RL steps of 32 prompts x 16 completions, because what it gets wrong is the
+arithmetic. This experiment gives
 the base a *behaviour* to unlearn instead: in the warm-up, a share of the answers carry a stray
 trailing zero ("891*4=35640", the product times ten), so the base knows the arithmetic about as
-well but often writes the slip. Each method then trains as in the quickstart (same RL settings,
-from the same base) and we report held-out accuracy, the slip rate and the accuracy with slips
+well but often writes the slip. Each method then trains as in the quickstart (its RL settings, with
+the 32 x 16 groups it used when the documented figures were measured; the same base for all) and we report held-out accuracy, the slip rate and the accuracy with slips
 forgiven (the arithmetic alone), before and after.
 
     python benchmarks/slip_warmup.py [--seed 0] [--slip 0.5] [--warmup-steps 1400] [--steps 60]
@@ -33,6 +34,9 @@ from tokenrl.tasks import get_task
 from tokenrl.trainer import read_jsonl
 from tokenrl.warmup import collate, encode_pairs, save_base
 
+# the quickstart's groups when the documented slip figures were measured (it now uses 128 x 4)
+SLIP_RL = {"rollout.prompts_per_step": 32, "rollout.group_size": 16}
+
 
 def slip_stats(records: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy, share of answers that are the product with a trailing zero, and both together."""
@@ -59,7 +63,8 @@ def main() -> None:
 
     # the quickstart's base model and task, with the slip planted in the warm-up data
     plan = QuickstartPlan(
-        out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")), threads=args.threads
+        out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")), threads=args.threads,
+        rl_overrides=SLIP_RL,
     )
     torch.manual_seed(args.seed)
     model, tok = build_tiny(DEFAULT_MODEL)

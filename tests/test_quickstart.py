@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tokenrl.cli import main
+from tokenrl.config import load_config
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import ALGOS, QuickstartPlan, last_step
 from tokenrl.tasks import get_task
@@ -19,7 +20,8 @@ METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rs
 
 def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
     out = tmp_path / "qs"
-    rc = main(["quickstart", "--out", str(out), "--steps", "2", "--warmup-steps", "3", "--threads", "2", "--no-progress"])
+    rc = main(["quickstart", "--out", str(out), "--steps", "2", "--warmup-steps", "3", "--threads", "2", "--no-progress",
+               "--set", "rollout.temperature=0.7"])  # fmt: skip
     assert rc == 0
     for name in ("report.md", "report.json", "report.png"):
         assert (out / name).stat().st_size > 0, name
@@ -27,6 +29,8 @@ def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
     assert {"settings", "machine", "base", "methods", "total_seconds"} <= report.keys()
     assert report["base"]["n"] == 300 and report["base"]["warmup"]["steps"] == 3
     assert set(report["methods"]) == set(ALGOS)
+    assert report["settings"]["rl"]["rollout.temperature"] == 0.7
+    assert all(load_config(out / "configs" / f"{a}.yaml").rollout.temperature == 0.7 for a in ALGOS)
     for algo, m in report["methods"].items():
         assert METHOD_KEYS <= m.keys(), algo
         assert m["gain_points"] == pytest.approx(100 * (m["accuracy"] - report["base"]["accuracy"]))
@@ -48,7 +52,21 @@ def test_quickstart_refuses_a_non_empty_out_and_bad_flags(tmp_path, capsys):
     assert "choose from grpo, sgrpo, tspmo" in capsys.readouterr().err
     assert main(["quickstart", "--out", str(tmp_path / "b"), "--task", "svamp"]) == 2
     assert "multiplication only" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(["quickstart", "--out", str(tmp_path / "c"), "--set", "rollout.temprature=0.7"]) == 2
+    assert "rollout.temprature" in capsys.readouterr().err
+    assert main(["quickstart", "--out", str(tmp_path / "d"), "--set", "train.steps=5"]) == 2
+    assert "use --steps" in capsys.readouterr().err
+    assert main(["quickstart", "--out", str(tmp_path / "e"), "--set", "rollout.temperature"]) == 2
+    assert "write KEY=VALUE, e.g. --set rollout.temperature=0.7" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abcde")
+
+
+def test_set_replaces_one_rl_setting_and_keeps_the_others(tmp_path):
+    plan = QuickstartPlan(out=tmp_path, rl_overrides={"rollout.group_size": 8, "optim.lr": 5e-4})
+    cfg = plan.rl_config("base", "sgrpo")
+    assert (cfg.rollout.group_size, cfg.optim.lr) == (8, 5e-4)
+    default = QuickstartPlan(out=tmp_path).rl_config("base", "sgrpo")
+    assert cfg.rollout.prompts_per_step == default.rollout.prompts_per_step and cfg.sgrpo.alpha == 2
 
 
 def test_rl_config_is_the_same_for_every_method_but_the_algorithm(tmp_path):

@@ -138,15 +138,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
 
-def parse_task_options(items: list[str]) -> dict[str, Any]:
-    """``["seed=1", "n_test=300"]`` -> ``{"seed": 1, "n_test": 300}`` (values read as YAML scalars)."""
+def parse_key_values(items: list[str], flag: str = "--task-option", example: str = "seed=1") -> dict[str, Any]:
+    """``["seed=1", "n_test=300"]`` -> ``{"seed": 1, "n_test": 300}`` (values read as YAML scalars; ``flag`` names the option in errors)."""
     import yaml
 
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--task-option {item!r}: write KEY=VALUE, e.g. --task-option seed=1")
+            raise UsageError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} {example}")
         options[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return options
 
@@ -168,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--samples and --limit must be at least 1")
     # Read and check the data before anything is loaded or written.
-    options = parse_task_options(args.task_option)
+    options = parse_key_values(args.task_option)
     task = get_task(args.task, data_path=args.data_path, style=args.style, **options)
     examples = task.examples(args.split)[: args.limit]
     if not examples:
@@ -313,11 +313,13 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a tiny:... spec (warmed up first) or a pretrained model (default: %(default)s)")
     p.add_argument("--task", default=DEFAULT_TASK, help="task name (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the problems and every RL run (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=100, help="RL steps per method (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=120, help="RL steps per method (default: %(default)s)")
     p.add_argument("--warmup-steps", type=int, default=None, help="most supervised warm-up steps (default: 1200; it stops earlier at 40%% validation accuracy)")
     p.add_argument("--warmup-target", type=float, default=None, help="validation accuracy at which the warm-up stops (default: 0.4)")
     p.add_argument("--algos", default=",".join(ALGOS), help="methods to train, comma-separated (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tokenrl train setting replacing the quickstart's, e.g. rollout.temperature=0.7 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -352,6 +354,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             algos=tuple(a.strip() for a in args.algos.split(",") if a.strip()),
             warmup=warmup,
             threads=args.threads,
+            rl_overrides=parse_key_values(args.set, "--set", "rollout.temperature=0.7"),
         )
         for algo in plan.algos:
             plan.rl_config("tiny", algo)  # a bad task name or option fails here, before any work
