@@ -2,12 +2,12 @@
 
 The quickstart's base (tiny Qwen2 after a supervised warm-up on 3x1 multiplication) gained only
 7-15 points in 100 RL steps of 32 prompts x 16 completions, because what it gets wrong is the
-arithmetic. This experiment gives
-the base a *behaviour* to unlearn instead: in the warm-up, a share of the answers carry a stray
-trailing zero ("891*4=35640", the product times ten), so the base knows the arithmetic about as
-well but often writes the slip. Each method then trains as in the quickstart (its RL settings, with
-the 32 x 16 groups it used when the documented figures were measured; the same base for all) and we report held-out accuracy, the slip rate and the accuracy with slips
-forgiven (the arithmetic alone), before and after.
+arithmetic. This experiment gives the base a *behaviour* to unlearn instead: in the warm-up, a
+share of the answers carry a stray trailing zero ("891*4=35640", the product times ten), so the
+base knows the arithmetic about as well but often writes the slip. Each method then trains as in
+the quickstart (its RL settings, with the 32 x 16 groups it used when the documented figures were
+measured; the same base for all) and we report held-out accuracy, the slip rate and the accuracy
+with slips forgiven (the arithmetic alone), before and after.
 
     python benchmarks/slip_warmup.py [--seed 0] [--slip 0.5] [--warmup-steps 1400] [--steps 60]
         [--algos grpo,sgrpo,tspmo] [--threads N] [--out runs/slip-SEED]

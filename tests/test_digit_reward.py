@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from tokenrl.tasks.base import Example
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digit_reward.py"
 
-
-def score(completion: str, answer: str) -> float:
-    spec = importlib.util.spec_from_file_location("digit_reward", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.score(completion, Example(id="x", question="891*4=", answer=answer))
+@pytest.fixture(scope="module")
+def digit_reward(load_benchmark):
+    return load_benchmark("digit_reward")
 
 
 @pytest.mark.parametrize(
@@ -31,5 +24,6 @@ def score(completion: str, answer: str) -> float:
         ("", 0.0),
     ],
 )
-def test_partial_credit_by_hand(completion: str, expected: float) -> None:
-    assert score(completion, "3564") == pytest.approx(expected)
+def test_partial_credit_by_hand(digit_reward, completion: str, expected: float) -> None:
+    gold = Example(id="x", question="891*4=", answer="3564")
+    assert digit_reward.score(completion, gold) == pytest.approx(expected)

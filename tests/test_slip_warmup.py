@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,21 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "slip_warmup.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("slip_warmup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_slip_stats_counts_right_slipped_and_other_answers() -> None:
+def test_slip_stats_counts_right_slipped_and_other_answers(load_benchmark) -> None:
     records = [
         {"completion": " 12", "gold": "12"},  # right (spaces ignored)
         {"completion": "120", "gold": "12"},  # the slip: product times ten
         {"completion": "13", "gold": "12"},  # wrong
         {"completion": "1200", "gold": "12"},  # wrong: two zeros is not the slip
     ]
-    stats = load_script().slip_stats(records)
+    stats = load_benchmark("slip_warmup").slip_stats(records)
     assert stats == {"accuracy": 0.25, "slip_rate": 0.25, "slip_forgiven_accuracy": 0.5}
 
 
