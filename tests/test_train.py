@@ -55,7 +55,7 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
     assert [r["step"] for r in evals] == [0, 2, 4]  # before, every 2 steps, final
     keys = {"reward/mean", "reward/std", "reward/zero_std_frac", "tokens/update_frac", "loss/policy",
             "loss/kl", "optim/grad_norm", "optim/lr", "time/generate", "time/score", "time/update",
-            "memory/peak_rss_mb", "completion/mean_tokens", "completion/truncated_frac"}  # fmt: skip
+            "memory/peak_rss_mb", "completion/mean_tokens", "completion/truncated_frac", "cpu/step_seconds"}  # fmt: skip
     for r in steps:
         assert keys <= r.keys(), keys - r.keys()
         assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float))
@@ -68,6 +68,8 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
     if algo == "tspmo":
         assert any(r["replay/groups"] > 0 for r in steps)
     assert summary["after"]["n"] == 8 and summary["algo"] == algo
+    assert summary["train_cpu_seconds"] == pytest.approx(sum(r["cpu/step_seconds"] for r in steps))
+    assert summary["train_cpu_seconds"] > 0
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert {"step", "prompt", "completion", "reward", "gold"} <= samples[0].keys()
     # checkpoints keep the last 2
@@ -76,6 +78,23 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_sampling_with_the_adapter_merged_trains_the_same_run(tmp_path):
+    """rollout.merge_lora changes how the rollouts are computed (one matmul per layer), not what
+    they are: the same completions, rewards and (to float rounding) the same adapter."""
+    runs = {}
+    for merge in ("false", "true"):
+        cfg = quick_config("--train.algo", "sgrpo", "--train.steps", "3", "--sgrpo.alpha", "2", "--rollout.merge_lora", merge)
+        train(cfg, tmp_path / merge, on_event=lambda s: None)
+        runs[merge] = tmp_path / merge
+    samples = {m: [(r["completion"], r["reward"]) for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines())]
+               for m, run in runs.items()}  # fmt: skip
+    assert samples["true"] == samples["false"] and len(samples["true"]) == 3 * 4  # log.samples_count a step
+    plain, merged = _adapter(runs["false"]), _adapter(runs["true"])
+    assert plain.keys() == merged.keys()
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in merged.items() if "lora_B" in k)
+    assert all(torch.allclose(plain[k], merged[k], atol=1e-5) for k in plain)
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:

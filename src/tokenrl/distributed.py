@@ -225,8 +225,8 @@ def check_divisible(prompts_per_step: int, world_size: int) -> None:
 SAME_ON_EVERY_RANK = ("step", "optim/lr", "optim/grad_norm", "update/skipped", "update/nonfinite")
 """Metrics that are equal on every rank (computed after the gradient all-reduce): rank 0's value."""
 
-SUMMED = ("tspmo/pairs", "replay/groups", "reward/errors")
-"""Counts: the whole batch's is the sum over ranks."""
+SUMMED = ("tspmo/pairs", "replay/groups", "reward/errors", "cpu/step_seconds")
+"""Counts and CPU seconds: the whole batch's is the sum over ranks."""
 
 
 def _rule(key: str) -> str:

@@ -17,10 +17,12 @@ Model specs understood by :func:`load_model`:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,52 @@ def apply_lora(model: nn.Module, lora: LoraSpec):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(lora.seed)
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def lora_merged(model: nn.Module) -> Iterator[bool]:
+    """Inside the ``with``, ``model`` runs its LoRA-adapted linear layers as single matrices:
+
+        W' = W + (alpha / r) * B @ A
+
+    held in new tensors swapped in for W, with the adapter layers switched off, so a forward pass
+    does one matmul per layer instead of three plus a scale and an add (sampling on a CPU: about
+    a quarter faster on the quickstart's tiny model). On leaving, each layer gets its original W
+    back (the same tensor, so bitwise unchanged; nothing is subtracted) and the adapters are on
+    again. Costs one extra copy of the adapted weights while inside. Yields True when it merged;
+    False (and changes nothing) for a model without a LoRA adapter or with layers it does not
+    fold (DoRA, LoRA biases, non-linear layers). For inference only: no gradients flow to A, B.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
+    foldable = bool(layers) and all(
+        isinstance(m, LoraLinear)
+        and isinstance(m.get_base_layer(), nn.Linear)
+        and not any(m.use_dora.get(a, False) or m.lora_bias.get(a, False) for a in m.active_adapters)
+        for m in layers
+    )
+    if not foldable:
+        yield False
+        return
+    originals: list[tuple[nn.Linear, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for m in layers:
+                base = m.get_base_layer()
+                merged = base.weight.data.clone()
+                for adapter in m.active_adapters:
+                    if adapter in m.lora_A:
+                        merged += m.get_delta_weight(adapter).to(merged.dtype)
+                originals.append((base, base.weight.data))
+                base.weight.data = merged
+        with model.disable_adapter():
+            yield True
+    finally:
+        for base, weight in originals:
+            base.weight.data = weight
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, trainable: bool = False):

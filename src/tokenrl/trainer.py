@@ -11,6 +11,7 @@ Run folder (see docs/metrics.md): ``config.yaml``, ``metrics.jsonl``, ``samples.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message, score_completions
 from tokenrl.heap import trim_heap
-from tokenrl.models import LoadedModel, load_model
+from tokenrl.models import LoadedModel, load_model, lora_merged
 from tokenrl.rollout import (
     RolloutBatch,
     SamplingConfig,
@@ -202,7 +203,7 @@ def seed_everything(seed: int) -> None:
 def train_step(tr: Trainer) -> dict[str, Any]:
     cfg, tok = tr.cfg, tr.lm.tokenizer
     G = cfg.rollout.group_size
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
 
     # 1. prompts: fresh problems, plus (T-SPMO) replay groups continuing a stored success. Every
     # rank draws the same global list and keeps its slice; a group's global index keys its
@@ -229,7 +230,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
 
     # 2. rollouts: G completions per prompt
     seeds = [derive_seed(cfg.train.seed, tr.step, "rollout", i) for i in global_index]
-    batch = generate_rollouts(tr.model, tok, [], tr.sampling, group_size=G, prompt_ids=prompt_ids, group_seeds=seeds)
+    with lora_merged(tr.model) if cfg.rollout.merge_lora else contextlib.nullcontext():
+        batch = generate_rollouts(tr.model, tok, [], tr.sampling, group_size=G, prompt_ids=prompt_ids, group_seeds=seeds)
     t_gen = time.perf_counter()
 
     # 3. rewards: a replayed completion is scored with its prefix in front; a reward function
@@ -290,6 +292,7 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         "time/score": t_score - t_gen,
         "time/update": t_update - t_score,
         "time/step": t_update - t0,
+        "cpu/step_seconds": time.process_time() - cpu0,  # all threads of this process
         "memory/peak_rss_mb": peak_rss_mb(),
     }
     if tr.lm.device.type == "cuda":
@@ -698,6 +701,7 @@ def train(
             "tokens_update_frac": _mean([r.get("tokens/update_frac") for r in steps]),
             "peak_rss_mb": max([r.get("memory/peak_rss_mb", 0.0) for r in steps] or [0.0]),
             "train_seconds": sum(r.get("time/step", 0.0) for r in steps),
+            "train_cpu_seconds": sum(r.get("cpu/step_seconds", 0.0) for r in steps),
             "reward_errors": sum(r.get("reward/errors") or 0 for r in steps),
         }
     )
