@@ -4,18 +4,23 @@ not timed here), and the warm-up's pieces with hand-checked values."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from tokenrl.cli import main
 from tokenrl.config import load_config
+from tokenrl.errors import RunError
 from tokenrl.models import build_tiny
-from tokenrl.quickstart import ALGOS, QuickstartPlan, last_step
+from tokenrl.quickstart import ALGOS, MethodRun, QuickstartPlan, last_step, train_methods
 from tokenrl.tasks import get_task
 from tokenrl.warmup import IGNORE, WarmupConfig, collate, encode_pairs, supervised_warmup
 
-METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rss_mb", "train_seconds", "wall_seconds", "run_dir"}
+METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rss_mb", "train_seconds", "cpu_seconds",
+               "wall_seconds", "run_dir"}
 
 
 def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
@@ -30,11 +35,12 @@ def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
     assert report["base"]["n"] == 300 and report["base"]["warmup"]["steps"] == 3
     assert set(report["methods"]) == set(ALGOS)
     assert report["settings"]["rl"]["rollout.temperature"] == 0.7
+    assert report["settings"]["jobs"] == 3 and report["settings"]["threads_per_method"] == 2
     assert all(load_config(out / "configs" / f"{a}.yaml").rollout.temperature == 0.7 for a in ALGOS)
     for algo, m in report["methods"].items():
         assert METHOD_KEYS <= m.keys(), algo
         assert m["gain_points"] == pytest.approx(100 * (m["accuracy"] - report["base"]["accuracy"]))
-        assert 0.0 <= m["tokens_update_frac"] <= 1.0 and m["peak_rss_mb"] > 0
+        assert 0.0 <= m["tokens_update_frac"] <= 1.0 and m["peak_rss_mb"] > 0 and m["cpu_seconds"] > 0
         assert last_step(out / algo / "metrics.jsonl") == 2
     # sgrpo's lowered alpha makes it select fewer tokens than full-token grpo
     assert report["methods"]["grpo"]["tokens_update_frac"] == pytest.approx(1.0)
@@ -75,6 +81,70 @@ def test_rl_config_is_the_same_for_every_method_but_the_algorithm(tmp_path):
     assert a["train"].pop("algo") == "grpo" and b["train"].pop("algo") == "tspmo"
     assert a == b
     assert a["task"]["options"] == {"n_train": 4000, "n_test": 300, "seed": 3} and a["train"]["seed"] == 3
+
+
+def test_methods_run_at_once_with_the_cores_shared_out(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    plan = QuickstartPlan(out=tmp_path)
+    assert (plan.job_count, plan.child_threads) == (3, 2)  # 8 cores // 3 methods
+    assert QuickstartPlan(out=tmp_path, jobs=2).child_threads == 4
+    assert QuickstartPlan(out=tmp_path, jobs=1).child_threads is None  # one after another: torch's choice
+    assert QuickstartPlan(out=tmp_path, jobs=5, algos=("sgrpo",)).job_count == 1
+    assert QuickstartPlan(out=tmp_path, threads=3).child_threads == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert QuickstartPlan(out=tmp_path).child_threads == 1  # 2 cores, 3 methods: one thread each
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        QuickstartPlan(out=tmp_path, jobs=0)
+
+
+def _fake_start(plan, commands: dict[str, str], started: list[str], children: list | None = None):
+    """A start_method that runs a small Python program per method instead of tokenrl train;
+    ``started`` gets (method, how many of the earlier ones were still running)."""
+    children = [] if children is None else children
+
+    def start(plan_, base_model, algo):
+        started.append((algo, sum(c.poll() is None for c in children)))
+        run_dir = plan.out / algo
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = plan.out / f"{algo}.log"
+        with open(log_path, "w") as log:
+            child = subprocess.Popen([sys.executable, "-c", commands[algo]], stdout=log, stderr=subprocess.STDOUT)
+        children.append(child)
+        return MethodRun(algo, child, run_dir, log_path, time.perf_counter())
+
+    return start
+
+
+def test_train_methods_keeps_at_most_jobs_running_and_returns_them_in_order(tmp_path, monkeypatch):
+    started: list[str] = []
+    write = "import json, pathlib; pathlib.Path('{d}/eval.json').write_text(json.dumps({{'algo': '{a}'}}))"
+    pause = {"grpo": 0.1, "sgrpo": 3.0, "tspmo": 0.1}  # sgrpo still runs when grpo's end is seen
+    commands = {a: f"import time; time.sleep({pause[a]}); " + write.format(d=tmp_path / a, a=a) for a in ALGOS}
+    plan = QuickstartPlan(out=tmp_path, jobs=2)
+    monkeypatch.setattr("tokenrl.quickstart.start_method", _fake_start(plan, commands, started))
+    seen: list[dict[str, int]] = []
+    results = train_methods(plan, "base", seen.append)
+    assert list(results) == list(ALGOS) and all(results[a]["algo"] == a for a in ALGOS)
+    # two start at once; the third only once one of them has ended
+    assert started == [("grpo", 0), ("sgrpo", 1), ("tspmo", 1)]
+    assert all(r["wall_seconds"] > 0 for r in results.values())
+    assert seen[-1] == {a: plan.steps for a in ALGOS}
+
+
+def test_a_failed_method_stops_the_others_and_raises_with_its_log(tmp_path, monkeypatch):
+    started: list[str] = []
+    commands = {
+        "grpo": "import sys; print('bad config, say'); sys.exit(3)",
+        "sgrpo": "import time; time.sleep(60)",
+        "tspmo": "import time; time.sleep(60)",
+    }
+    plan = QuickstartPlan(out=tmp_path)  # all three at once
+    monkeypatch.setattr("tokenrl.quickstart.start_method", _fake_start(plan, commands, started))
+    t0 = time.perf_counter()
+    with pytest.raises(RunError, match=r"grpo training failed \(exit status 3\)[\s\S]*bad config, say"):
+        train_methods(plan, "base", lambda steps: None)
+    assert time.perf_counter() - t0 < 30  # the sleepers were stopped, not waited for
+    assert [algo for algo, _ in started] == list(ALGOS)
 
 
 def test_collate_labels_only_the_answer_tokens():

@@ -5,7 +5,8 @@
    train problems. A pretrained ``--model`` is used as it is.
 2. Full-token GRPO, S-GRPO and T-SPMO, each with a fresh LoRA adapter on that base, the same
    seed and the same budget, each in its own ``tokenrl train`` process (so that each one's peak
-   memory is its own), evaluated greedily on the test split before and after.
+   memory is its own; all at once by default, the CPU cores shared out, ``--jobs``), evaluated
+   greedily on the test split before and after.
 3. ``report.md`` / ``report.json`` / ``report.png`` in the output folder.
 """
 
@@ -34,13 +35,16 @@ ALGOS = ("grpo", "sgrpo", "tspmo")
 # "3564"): answers are at most 5 tokens, so S-GRPO's alpha is lowered to 2 (with the default 16
 # it would select every token, the same as GRPO); many prompts with small groups (128 x 4) learned
 # faster than 32 x 16 at the same 512 completions a step, and skip more all-equal groups in the
-# update. How these were chosen: docs/quickstart.md.
+# update; 5 new tokens hold the longest answer (4 digits) and its newline; sampling with the
+# adapter folded into the weights is faster and samples the same tokens. How these were chosen:
+# docs/quickstart.md.
 TINY_RL: dict[str, Any] = {
     "task.style": "compact",
     "task.eval_limit": None,
     "rollout.group_size": 4,
     "rollout.prompts_per_step": 128,
-    "rollout.max_new_tokens": 6,
+    "rollout.max_new_tokens": 5,
+    "rollout.merge_lora": True,
     "rollout.temperature": 1.0,
     "rollout.batch_size": 512,
     "optim.lr": 1e-3,
@@ -84,7 +88,7 @@ class QuickstartPlan:
     model: str = DEFAULT_MODEL
     task: str = DEFAULT_TASK
     seed: int = 0
-    steps: int = 120
+    steps: int = 225
     """RL steps of each method."""
     algos: tuple[str, ...] = ALGOS
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
@@ -92,6 +96,9 @@ class QuickstartPlan:
     task_options: dict[str, Any] = field(default_factory=lambda: {"n_train": 4000, "n_test": 300})
     """Task options for the built-in multiplication task (300 held-out problems, 4,000 train)."""
     threads: int | None = None
+    """torch threads of the warm-up and of each method's process (default: see ``child_threads``)."""
+    jobs: int | None = None
+    """Methods trained at once, each in its own process (default: all of them)."""
     eval_every: int | None = None
     """Held-out evaluations during training (default: 5 per run)."""
     rl_overrides: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +116,10 @@ class QuickstartPlan:
                 f"--set {reserved[0]}: the quickstart sets this one itself; use "
                 f"{_PLAN_KEYS[reserved[0]]}"
             )
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.is_tiny and not self.task.startswith("multiplication"):
             raise ValueError(
                 f"--task {self.task} with a tiny model: the warm-up builds a base for multiplication only; "
@@ -118,6 +129,22 @@ class QuickstartPlan:
     @property
     def is_tiny(self) -> bool:
         return self.model == "tiny" or self.model.startswith("tiny:")
+
+    @property
+    def job_count(self) -> int:
+        """Methods trained at once: ``jobs``, at most one per method (default: every method)."""
+        return min(self.jobs or len(self.algos), len(self.algos))
+
+    @property
+    def child_threads(self) -> int | None:
+        """torch threads of each method's process: ``threads`` if given; else the CPU cores
+        shared out between the methods that run at once (at least 1); ``None`` (torch's own
+        choice) when they run one after another."""
+        if self.threads is not None:
+            return self.threads
+        if self.job_count == 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // self.job_count)
 
     @property
     def rl_settings(self) -> dict[str, Any]:
@@ -157,12 +184,8 @@ def run_quickstart(plan: QuickstartPlan, *, show_progress: bool = True) -> dict[
         else:
             base_model, warmup_info = plan.model, None
         done = bar.completed
-        methods: dict[str, dict[str, Any]] = {}
-        for algo in plan.algos:
-            bar.describe(f"RL: {algo}")
-            methods[algo] = train_method(plan, base_model, algo, lambda step, d=done: bar.set(d + step))
-            done += plan.steps
-            bar.set(done)
+        bar.describe("RL: " + ", ".join(plan.algos))
+        methods = train_methods(plan, base_model, lambda steps: bar.set(done + sum(steps.values())))
     report = build_report(plan, base_model, warmup_info, methods, time.perf_counter() - t_start)
     write_report(plan.out, report)
     return report
@@ -195,13 +218,22 @@ def make_base(plan: QuickstartPlan, bar: Bar) -> tuple[str, dict[str, Any]]:
     return str(folder), info
 
 
-def train_method(
-    plan: QuickstartPlan, base_model: str, algo: str, on_step: Callable[[int], None]
-) -> dict[str, Any]:
-    """``tokenrl train`` for one method in a child process; its summary plus the wall time.
+@dataclass
+class MethodRun:
+    """One method's ``tokenrl train`` child process while it runs."""
+
+    algo: str
+    child: subprocess.Popen
+    run_dir: Path
+    log_path: Path
+    started: float
+
+
+def start_method(plan: QuickstartPlan, base_model: str, algo: str) -> MethodRun:
+    """Launch ``tokenrl train`` for one method in a child process.
 
     The child writes ``out/ALGO`` (config.yaml, metrics.jsonl, eval.json, adapter); its output
-    goes to ``out/logs/ALGO.log``; the parent follows metrics.jsonl for the progress bar.
+    goes to ``out/logs/ALGO.log``; its config is saved as ``out/configs/ALGO.yaml``.
     """
     cfg = plan.rl_config(base_model, algo)
     (plan.out / "configs").mkdir(exist_ok=True)
@@ -210,26 +242,66 @@ def train_method(
     save_config(cfg, cfg_path)
     run_dir = plan.out / algo
     cmd = [sys.executable, "-m", "tokenrl", "train", str(cfg_path), "--out", str(run_dir), "--overwrite"]
-    if plan.threads:
-        cmd += ["--threads", str(plan.threads)]
+    if plan.child_threads:
+        cmd += ["--threads", str(plan.child_threads)]
     log_path = plan.out / "logs" / f"{algo}.log"
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "w", encoding="utf-8") as log:  # the child keeps its own handle
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
-        try:
-            while child.poll() is None:
-                time.sleep(0.5)
-                on_step(last_step(run_dir / "metrics.jsonl"))
-        except BaseException:
-            child.terminate()
-            child.wait()
-            raise
-    wall = time.perf_counter() - t0
-    if child.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        raise RunError(f"{algo} training failed (exit status {child.returncode}); end of {log_path}:\n" + "\n".join(tail))
-    summary = json.loads((run_dir / "eval.json").read_text())
-    return {**summary, "wall_seconds": wall, "run_dir": str(run_dir)}
+    return MethodRun(algo, child, run_dir, log_path, time.perf_counter())
+
+
+def finish_method(run: MethodRun) -> dict[str, Any]:
+    """The summary of a method whose process has ended, plus its wall time; raises
+    :class:`RunError` with the end of its log if it failed."""
+    wall = time.perf_counter() - run.started
+    if run.child.returncode != 0:
+        tail = run.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        raise RunError(
+            f"{run.algo} training failed (exit status {run.child.returncode}); end of {run.log_path}:\n" + "\n".join(tail)
+        )
+    summary = json.loads((run.run_dir / "eval.json").read_text())
+    return {**summary, "wall_seconds": wall, "run_dir": str(run.run_dir)}
+
+
+def train_methods(
+    plan: QuickstartPlan, base_model: str, on_progress: Callable[[dict[str, int]], None]
+) -> dict[str, dict[str, Any]]:
+    """Train every method of the plan, ``plan.job_count`` processes at a time; their summaries
+    in the plan's order. ``on_progress({algo: steps done})`` is called while they run.
+
+    If one fails (or this process is interrupted), the others are stopped and the error raised.
+    """
+    queue, running = list(plan.algos), []
+    results: dict[str, dict[str, Any]] = {}
+    steps = {algo: 0 for algo in plan.algos}
+    try:
+        while queue or running:
+            while queue and len(running) < plan.job_count:
+                running.append(start_method(plan, base_model, queue.pop(0)))
+            time.sleep(0.5)
+            for run in running:
+                steps[run.algo] = last_step(run.run_dir / "metrics.jsonl")
+            on_progress(dict(steps))
+            for run in [r for r in running if r.child.poll() is not None]:
+                running.remove(run)
+                results[run.algo] = finish_method(run)
+                steps[run.algo] = plan.steps
+    except BaseException:
+        for run in running:
+            run.child.terminate()
+        for run in running:
+            run.child.wait()
+        raise
+    on_progress(dict(steps))
+    return {algo: results[algo] for algo in plan.algos}
+
+
+def train_method(
+    plan: QuickstartPlan, base_model: str, algo: str, on_step: Callable[[int], None]
+) -> dict[str, Any]:
+    """One method alone (``tokenrl train`` in a child process): its summary plus the wall time."""
+    alone = replace(plan, algos=(algo,), jobs=1)
+    return train_methods(alone, base_model, lambda steps: on_step(steps[algo]))[algo]
 
 
 def last_step(metrics: Path) -> int:
@@ -281,6 +353,8 @@ def build_report(
             "algos": list(plan.algos),
             "warmup": asdict(plan.warmup) if plan.is_tiny else None,
             "rl": plan.rl_settings,
+            "jobs": plan.job_count,
+            "threads_per_method": plan.child_threads,
         },
         "machine": machine(),
         "base": {
@@ -298,6 +372,7 @@ def build_report(
                 "tokens_update_frac": s.get("tokens_update_frac"),
                 "peak_rss_mb": s.get("peak_rss_mb"),
                 "train_seconds": s.get("train_seconds"),
+                "cpu_seconds": s.get("train_cpu_seconds"),
                 "wall_seconds": s["wall_seconds"],
                 "run_dir": s["run_dir"],
             }
@@ -322,24 +397,33 @@ def report_markdown(report: dict[str, Any]) -> str:
         + f"; {s['steps']} RL steps per method with LoRA; held-out accuracy is greedy on {base['n']} test problems"
         " never used in training.",
         "",
-        "| model | held-out accuracy % (95% CI) | change (points) | completion tokens in the loss % | peak memory MB | wall time s |",
-        "|---|---|---|---|---|---|",
-        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | "
+        "| model | held-out accuracy % (95% CI) | change (points) | completion tokens in the loss % | peak memory MB | RL CPU time s | wall time s |",
+        "|---|---|---|---|---|---|---|",
+        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | - | "
         f"{base['warmup']['seconds']:.0f} |" if base.get("warmup") else
-        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | - |",
+        f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | - | - |",
     ]  # fmt: skip
     for algo, m in report["methods"].items():
         lo, hi = m["ci95"]
         gain = "-" if m["gain_points"] is None else f"{m['gain_points']:+.1f}"
+        cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.0f}"
         lines.append(
             f"| {algo} | {_pct(m['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | {gain} | {_pct(m['tokens_update_frac'])} "
-            f"| {m['peak_rss_mb'] or 0:.0f} | {m['wall_seconds']:.0f} |"
+            f"| {m['peak_rss_mb'] or 0:.0f} | {cpu} | {m['wall_seconds']:.0f} |"
         )
     mc = report["machine"]
+    jobs, threads = s.get("jobs", 1), s.get("threads_per_method")
+    at_once = (
+        f"The {len(report['methods'])} methods trained {jobs} at a time"
+        + (f", {threads} torch thread(s) each" if threads else "")
+        + "; RL CPU time (the training steps' process CPU time, all threads) compares their cost, as wall "
+        "times overlap when they run at once. "
+    )
     lines += [
         "",
         f"Total {report['total_seconds']:.0f} s on {mc['cpu_count']} CPU cores ({mc['processor']}), torch {mc['torch']}. "
-        "Peak memory is each method's training process (resident set). Run folders: "
+        + at_once
+        + "Peak memory is each method's training process (resident set). Run folders: "
         + ", ".join(f"`{m['run_dir']}`" for m in report["methods"].values())
         + ".",
     ]
