@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -23,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from tokenrl.bench.measure import machine_info, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model, lora_merged  # noqa: E402
 from tokenrl.quickstart import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     result = {
         "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "G": args.group_size,
         "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r, "threads": args.threads,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus", "torch": torch.__version__,
+        "machine": machine_info(), "versions": versions(),
         **{f"{k}_median_s": statistics.median(v) for k, v in times.items()},
         **{f"{k}_min_max_s": [min(v), max(v)] for k, v in times.items()},
         "same_tokens": same,
