@@ -226,3 +226,90 @@ def test_matches_generate_scores() -> None:
     with torch.no_grad():
         logp = completion_logprobs(model, batch, completion_mask)
     torch.testing.assert_close(logp[completion_mask], gen_logp[completion_mask], atol=1e-5, rtol=0)
+
+
+def grouped_inputs():
+    """3 prompts of 4, 2 and 3 tokens (left-padded to 4), each with 3 completions of up to 4
+    tokens (right-padded): 9 rows of 8 columns, the way a GRPO batch lays out groups."""
+    gen = torch.Generator().manual_seed(2)
+    pad = 257
+    ids = torch.full((9, 8), pad)
+    attn = torch.zeros(9, 8, dtype=torch.bool)
+    for g, plen in enumerate([4, 2, 3]):
+        prompt = torch.randint(0, 256, (plen,), generator=gen)
+        for j, clen in enumerate([4, 2, 3]):
+            row = 3 * g + j
+            ids[row, 4 - plen : 4] = prompt
+            ids[row, 4 : 4 + clen] = torch.randint(0, 256, (clen,), generator=gen)
+            attn[row, 4 - plen : 4 + clen] = True
+    target = torch.zeros(9, 8, dtype=torch.bool)
+    for row, cols in {0: [4, 5, 7], 1: [4], 2: [6], 4: [5], 5: [4, 6], 6: [4, 5, 6, 7], 8: [5]}.items():
+        target[row, cols] = True  # rows 3 and 7: no targets
+    return ids, attn, target
+
+
+def test_shared_prompt_equals_whole_rows_values_and_grads(model) -> None:
+    ids, attn, target = grouped_inputs()
+    weights = torch.randn(9, 8, generator=torch.Generator().manual_seed(3))
+    lora = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for prompt_len in (0, 4):
+        logp = selective_logprobs(model, ids, attn, target, prompt_len=prompt_len)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in lora]))
+        model.zero_grad()
+    (whole, whole_grads), (shared, shared_grads) = results
+    full = full_logits_logprobs(model, ids, attn).detach()
+    torch.testing.assert_close(shared[target], full[target], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared, whole, atol=1e-5, rtol=0)
+    assert torch.all(shared[~target] == 0)
+    for a, b in zip(shared_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in shared_grads)
+
+
+def body_calls(model, fn) -> list[tuple[int, ...]]:
+    """The input_ids shapes the transformer body was called with while ``fn`` ran."""
+    body, _ = decoder_and_head(model)
+    seen: list[tuple[int, ...]] = []
+    hook = body.register_forward_hook(
+        lambda m, a, kw, out: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_shared_prompt_runs_each_prompt_once(model) -> None:
+    ids, attn, target = grouped_inputs()
+    calls = body_calls(model, lambda: selective_logprobs(model, ids, attn, target, prompt_len=4))
+    # 7 rows have targets, 3 distinct prompts; no column is padding in every row; the last
+    # target is column 7: the prompts [3, 4] once, then the completion columns [7, 4].
+    assert calls == [(3, 4), (7, 4)]
+    # Nothing to share: one prompt per row -> whole rows.
+    one_per_group = target.clone()
+    one_per_group[[1, 2, 5, 8]] = False  # rows 0, 4, 6 left: three different prompts
+    calls = body_calls(model, lambda: selective_logprobs(model, ids, attn, one_per_group, prompt_len=4))
+    assert calls == [(3, 8)]
+    # A target inside the prompt -> whole rows.
+    in_prompt = target.clone()
+    in_prompt[0, 3] = True
+    calls = body_calls(model, lambda: selective_logprobs(model, ids, attn, in_prompt, prompt_len=4))
+    assert calls == [(7, 8)]
+
+
+def test_shared_prompt_off_under_gradient_checkpointing() -> None:
+    model, _ = lora_model()
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, attn, target = grouped_inputs()
+    logp = []
+
+    def run() -> None:
+        logp.append(selective_logprobs(model, ids, attn, target, prompt_len=4))
+
+    assert body_calls(model, run) == [(7, 8)]  # a KV cache cannot be replayed in backward
+    logp[0].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

@@ -333,7 +333,7 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
         loss_finite = True
         for j, rows in enumerate(micro):
             sub, sub_inputs = select_rows(batch, rows), inputs.select_rows(rows)
-            logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask)  # [b, T]
+            logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)  # [b, T]
             if algo_cfg.beta > 0 and j not in ref_logp:
                 ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask)
             loss, m = policy_loss(

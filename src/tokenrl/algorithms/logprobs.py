@@ -10,6 +10,13 @@ A selective loss saves nothing if the model still builds [B, L, V] logits (with 
    5's Qwen2/Llama ``forward`` defaults to ``arange(L)`` regardless of padding; RoPE depends only
    on position differences, so both give the same logits up to float rounding (~3e-7 in fp32),
    but the mask-derived ids are what the tokens were sampled with;
+   With ``prompt_len`` (the rows' shared left-padded prompt width), rows whose prompt columns are
+   identical (a GRPO group) share one prompt forward: the body encodes each distinct prompt once
+   with a KV cache, the cache is copied to the rows (``index_select``, so gradients from every
+   row flow back into the one prompt pass) and only the completion columns are run per row. The
+   log-probs are the same up to float rounding; the forward covers u * P + b * T tokens instead
+   of b * (P + T) (u distinct prompts) and keeps one copy of each prompt's activations. Not with
+   gradient checkpointing (a cache cannot be replayed), nor when a target lies in the prompt;
 3. gathers the hidden states at positions t - 1 of the targets t and applies the LM head and
    log-softmax to those rows only, ``chunk_size`` rows at a time: log pi = logit[target] -
    logsumexp(logits). For an ``nn.Linear`` head a fused autograd function holds a single
@@ -128,6 +135,44 @@ def mask_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0)
 
 
+def _checkpointing(body: nn.Module) -> bool:
+    """Whether the body recomputes its layers in backward (then it cannot use a KV cache)."""
+    return bool(getattr(body, "gradient_checkpointing", False)) and body.training
+
+
+def _shared_prompt_states(
+    body: nn.Module, ids: torch.Tensor, attn: torch.Tensor, split: int
+) -> torch.Tensor | None:
+    """Hidden states of rows that share prompts, each distinct prompt encoded once.
+
+    ``ids``/``attn`` [b, L'] with the (left-padded) prompt in columns [:split]. Returns the states
+    [b, 1 + L' - split, H] at positions split - 1 .. L' - 1 (so the state at position t - 1 that
+    predicts token t >= split is column t - split), or None when no two rows share a prompt.
+    """
+    p_attn = attn[:, :split]  # [b, P']
+    key = ids[:, :split].masked_fill(p_attn == 0, -1)  # padding marked apart from any token id
+    prompts, inverse = torch.unique(key, dim=0, return_inverse=True)  # [u, P'], [b]
+    if prompts.shape[0] == ids.shape[0]:
+        return None
+    holder = torch.empty(prompts.shape[0], dtype=torch.long, device=ids.device)
+    holder[inverse] = torch.arange(ids.shape[0], device=ids.device)  # a row holding each prompt
+    u_attn = p_attn[holder]  # [u, P']
+    prompt_out = body(
+        input_ids=ids[holder, :split], attention_mask=u_attn, position_ids=mask_position_ids(u_attn), use_cache=True
+    )
+    cache = prompt_out.cache
+    cache.reorder_cache(inverse)  # [u, ...] -> [b, ...] by index_select: every row's gradient reaches its prompt
+    completion = body(
+        input_ids=ids[:, split:],
+        attention_mask=attn,
+        position_ids=mask_position_ids(attn)[:, split:],
+        cache=cache,
+        use_cache=True,
+    ).last_hidden_state  # [b, L' - split, H]
+    last_prompt = prompt_out.last_hidden_state[inverse, -1:]  # [b, 1, H]
+    return torch.cat([last_prompt, completion], dim=1)
+
+
 def selective_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -135,11 +180,14 @@ def selective_logprobs(
     target_mask: torch.Tensor,
     *,
     chunk_size: int = 1024,
+    prompt_len: int = 0,
 ) -> torch.Tensor:
     """log pi(input_ids[b, t] | input_ids[b, :t]) where ``target_mask`` is True, 0 elsewhere.
 
     ``input_ids`` [B, L] long, ``attention_mask`` [B, L] (True/1 = real token), ``target_mask``
     [B, L] bool -> [B, L] float32. Gradients flow to the model's trainable parameters (LoRA).
+    ``prompt_len`` > 0: the first ``prompt_len`` columns are a prompt that rows may share (one
+    forward per distinct prompt, see the module docstring); 0 runs every row whole.
     """
     B, L = input_ids.shape
     out = torch.zeros(B, L, dtype=torch.float32, device=input_ids.device)  # [B, L]
@@ -162,13 +210,20 @@ def selective_logprobs(
     ids, attn, target = input_ids[rows, start:end], attn[:, start:end], target[:, start:end]
 
     body, head = decoder_and_head(model)
-    hidden = body(
-        input_ids=ids, attention_mask=attn, position_ids=mask_position_ids(attn), use_cache=False
-    ).last_hidden_state  # [b, L', H]
     r, t = target.nonzero(as_tuple=True)  # [n], [n]
-    h = hidden[r, t - 1]  # [n, H]: the state at t - 1 predicts token t
     tokens = ids[r, t]  # [n]
-    del hidden  # the body's activations stay alive through autograd, the full tensor need not
+    split = prompt_len - start  # the prompt's width after the cut
+    states = None
+    if 0 < split < ids.shape[1] and not bool(target[:, :split].any()) and not _checkpointing(body):
+        states = _shared_prompt_states(body, ids, attn, split)  # [b, 1 + L' - split, H]
+    offset = split  # column 0 of the shared states is position split - 1
+    if states is None:
+        states = body(
+            input_ids=ids, attention_mask=attn, position_ids=mask_position_ids(attn), use_cache=False
+        ).last_hidden_state  # [b, L', H]
+        offset = 1
+    h = states[r, t - offset]  # [n, H]: the state at position t - 1 predicts token t
+    del states  # the body's activations stay alive through autograd, the full tensor need not
 
     logp = head_logprobs(head, h, tokens, chunk_size=chunk_size)  # [n]
     return out.index_put((rows[r], t + start), logp)
@@ -180,16 +235,23 @@ def completion_logprobs(
     token_mask: torch.Tensor,
     *,
     chunk_size: int = 1024,
+    share_prompt: bool = True,
 ) -> torch.Tensor:
     """:func:`selective_logprobs` of the completion tokens at ``token_mask`` [B, T] -> [B, T].
 
-    Pass ``LossInputs.logprob_mask``; positions outside it are 0.
+    Pass ``LossInputs.logprob_mask``; positions outside it are 0. ``share_prompt``: one prompt
+    forward per group (rows with the same prompt), not one per row.
     """
     P = batch.prompt_ids.shape[1]
     no_prompt_target = torch.zeros_like(batch.prompt_mask, dtype=torch.bool)  # [B, P]
     target = torch.cat([no_prompt_target, token_mask], dim=1)  # [B, P + T]
     logp = selective_logprobs(
-        model, batch.input_ids, batch.attention_mask, target, chunk_size=chunk_size
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        target,
+        chunk_size=chunk_size,
+        prompt_len=P if share_prompt else 0,
     )  # [B, P + T]
     return logp[:, P:]  # [B, T]
 
