@@ -91,6 +91,24 @@ def test_head_logprobs_values_and_all_gradients(fused: bool) -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_fused_head_ignores_autocast() -> None:
+    # Backward recomputes the head's logits outside autocast, so forward must not use bf16 ones:
+    # under autocast the values and gradients are exactly those of float32.
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False)
+    hidden = torch.randn(5, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 40, (5,), generator=gen)
+    results = []
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            logp = head_logprobs(head, hidden, targets, chunk_size=2)
+        results.append((logp, torch.autograd.grad(logp.sum(), [hidden, head.weight])))
+    (plain, plain_grads), (cast, cast_grads) = results
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+    for a, b in zip(cast_grads, plain_grads, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_default_forward_positions_agree(model) -> None:
     # transformers 5's forward without position_ids uses arange(L), ignoring left padding;
     # RoPE is shift-invariant, so log-probs agree up to rounding.

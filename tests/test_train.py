@@ -140,6 +140,7 @@ def test_cli_rejects_bad_config_before_loading_anything(tmp_path, capsys):
         (["--optim.lr", "-0.1"], "optim.lr=-0.1 must be positive"),
         (["--train.stepz", "3"], "did you mean 'train.steps'"),
         (["--lora.r", "many"], "lora.r expects an integer"),
+        (["--model.autocast", "fp8"], "model.autocast='fp8' is unknown"),
     ]
     for extra, message in cases:
         assert main(["train", "--model", "tiny", "--out", str(out), *extra]) == 2
@@ -239,6 +240,33 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path):
                               "--optim.share_prompt", "false")  # fmt: skip
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_autocast_runs_sampling_and_the_update_in_bf16(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    linear = F.linear
+    dtypes: list[tuple[torch.dtype, bool]] = []  # (output dtype, gradients on: the update)
+
+    def spy(x, weight, bias=None):
+        out = linear(x, weight, bias)
+        dtypes.append((out.dtype, torch.is_grad_enabled()))
+        return out
+
+    monkeypatch.setattr(F, "linear", spy)
+    runs = {}
+    for mode in ("none", "bf16"):
+        dtypes.clear()
+        cfg = quick_config("--train.steps", "2", "--model.autocast", mode, "--train.eval_every", "0",
+                           "--train.eval_before", "false", "--task.eval_limit", "2")  # fmt: skip
+        train(cfg, tmp_path / mode, on_event=lambda s: None)
+        runs[mode] = (set(dtypes), _adapter(tmp_path / mode))
+    assert runs["none"][0] == {(torch.float32, False), (torch.float32, True)}
+    # sampling (no gradients) and the update in bf16; the final evaluation stays in float32
+    assert runs["bf16"][0] == {(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)}
+    a, b = runs["none"][1], runs["bf16"][1]
+    assert all(torch.isfinite(b[k]).all() for k in b)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "lora_B" in k)  # bf16 products round differently
 
 
 def test_shared_prompt_gives_the_same_update(tmp_path):

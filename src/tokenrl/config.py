@@ -30,6 +30,9 @@ class ConfigError(ValueError):
     """A configuration problem; the message says what is wrong and how to fix it."""
 
 
+AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16"}  # model.autocast -> torch dtype name
+
+
 def _fail(what: str, fix: str) -> None:
     raise ConfigError(f"{what}. Fix: {fix}")
 
@@ -50,9 +53,14 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute layer activations in the backward pass: less memory, about 30% more time."""
 
+    autocast: str = "none"
+    """Mixed precision for sampling and the update's forward: none, or bf16 (matrix products in bfloat16 via torch.autocast, weights and adapter kept in their dtype; fast on GPUs and on CPUs with AMX/AVX-512 bf16). Evaluation stays in the weights' dtype."""
+
     def validate(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
             _fail(f"model.dtype={self.dtype!r} is unknown", "use fp32 or bf16")
+        if self.autocast not in AUTOCAST_DTYPES:
+            _fail(f"model.autocast={self.autocast!r} is unknown", f"use one of {', '.join(AUTOCAST_DTYPES)}")
 
 
 @dataclass

@@ -277,6 +277,13 @@ def apply_lora(model: nn.Module, lora: LoraSpec):
         return get_peft_model(model, config)
 
 
+def autocast(device: torch.device, dtype: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` with ``dtype`` ("bfloat16"), or nothing when None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
 @contextlib.contextmanager
 def lora_merged(model: nn.Module) -> Iterator[bool]:
     """Inside the ``with``, ``model`` runs its LoRA-adapted linear layers as single matrices:

@@ -39,13 +39,13 @@ from tokenrl.algorithms.losses import (
 )
 from tokenrl.algorithms.registry import get_algorithm
 from tokenrl.algorithms.replay import ReplayBuffer, rollout_items, sample_replay_prefixes
-from tokenrl.config import Config, save_config
+from tokenrl.config import AUTOCAST_DTYPES, Config, save_config
 from tokenrl.distributed import Distributed, check_divisible, init_from_env, shutdown
 from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message, score_completions
 from tokenrl.heap import trim_heap
-from tokenrl.models import LoadedModel, load_model, lora_merged
+from tokenrl.models import LoadedModel, autocast, load_model, lora_merged
 from tokenrl.rollout import (
     RolloutBatch,
     SamplingConfig,
@@ -230,7 +230,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
 
     # 2. rollouts: G completions per prompt
     seeds = [derive_seed(cfg.train.seed, tr.step, "rollout", i) for i in global_index]
-    with lora_merged(tr.model) if cfg.rollout.merge_lora else contextlib.nullcontext():
+    merged = lora_merged(tr.model) if cfg.rollout.merge_lora else contextlib.nullcontext()
+    with merged, autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):
         batch = generate_rollouts(tr.model, tok, [], tr.sampling, group_size=G, prompt_ids=prompt_ids, group_seeds=seeds)
     t_gen = time.perf_counter()
 
@@ -333,9 +334,10 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
         loss_finite = True
         for j, rows in enumerate(micro):
             sub, sub_inputs = select_rows(batch, rows), inputs.select_rows(rows)
-            logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)  # [b, T]
-            if algo_cfg.beta > 0 and j not in ref_logp:
-                ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask)
+            with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # the forward only
+                logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)  # [b, T]
+                if algo_cfg.beta > 0 and j not in ref_logp:
+                    ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask)
             loss, m = policy_loss(
                 logp,
                 old_logp.get(j),  # None on the first inner update: ratio pi / sg(pi)

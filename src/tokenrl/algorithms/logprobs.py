@@ -44,6 +44,13 @@ from tokenrl.models import decoder_and_head
 from tokenrl.rollout import RolloutBatch
 
 
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 logits [c, V] from [c, H] rows, in the weight's dtype even under autocast: backward
+    recomputes them outside autocast and must get the very logits whose logsumexp forward kept."""
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return F.linear(hidden.to(weight.dtype), weight, bias).float()
+
+
 class _LinearLogprob(torch.autograd.Function):
     """log softmax(hidden @ W^T + b)[target] in chunks, holding one [c, V] buffer at a time.
 
@@ -66,7 +73,7 @@ class _LinearLogprob(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)  # [n]
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)  # [n]
         for s in range(0, n, chunk_size):
-            logits = F.linear(hidden[s : s + chunk_size], weight, bias).float()  # [c, V]
+            logits = _head_logits(hidden[s : s + chunk_size], weight, bias)  # [c, V]
             picked = logits.gather(1, targets[s : s + chunk_size, None]).squeeze(1)  # [c]
             top = logits.amax(dim=1, keepdim=True)  # [c, 1]; subtracted so exp() cannot overflow
             lse_c = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))  # [c]
@@ -86,7 +93,7 @@ class _LinearLogprob(torch.autograd.Function):
         c = ctx.chunk_size
         for s in range(0, hidden.shape[0], c):
             h_c, g_c = hidden[s : s + c], grad_logp[s : s + c, None].float()  # [c, H], [c, 1]
-            logits = F.linear(h_c, weight, bias).float()  # [c, V]
+            logits = _head_logits(h_c, weight, bias)  # [c, V]
             # d logp / d logits = onehot(target) - softmax(logits), times the incoming gradient.
             grad_logits = logits.sub_(lse[s : s + c, None]).exp_().mul_(-g_c)  # [c, V]
             grad_logits.scatter_add_(1, targets[s : s + c, None], g_c)
