@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from tokenrl.bench.measure import machine_info, versions  # noqa: E402
+from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
+from tokenrl.bench.measure import machine_info, timing_summary, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model, lora_merged  # noqa: E402
 from tokenrl.quickstart import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
@@ -41,10 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model, dtype=args.dtype, lora=LoraSpec(r=args.lora_r, alpha=2 * args.lora_r))
-    with torch.no_grad():  # B starts at zero; a trained adapter does not
-        for name, p in lm.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.02)
+    randomise_lora_b(lm.model)  # B starts at zero; a trained adapter does not
     tok = lm.tokenizer
     prompt_ids = [tok(f"{100 + 7 * i}*{1 + i % 9}=", add_special_tokens=False)["input_ids"] for i in range(args.prompts)]
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group_size)
@@ -72,8 +69,7 @@ def main() -> None:
         "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "G": args.group_size,
         "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r, "threads": args.threads,
         "machine": machine_info(), "versions": versions(),
-        **{f"{k}_median_s": statistics.median(v) for k, v in times.items()},
-        **{f"{k}_min_max_s": [min(v), max(v)] for k, v in times.items()},
+        **timing_summary(times),
         "same_tokens": same,
     }  # fmt: skip
     result["speedup"] = result["adapter_median_s"] / result["merged_median_s"]

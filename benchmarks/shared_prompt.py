@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
 from tokenrl.algorithms import completion_logprobs, get_algorithm, policy_loss  # noqa: E402
-from tokenrl.bench.measure import PhaseMeter, machine_info, versions  # noqa: E402
+from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
+from tokenrl.bench.measure import PhaseMeter, machine_info, timing_summary, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model  # noqa: E402
 from tokenrl.quickstart import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import RolloutBatch  # noqa: E402
@@ -71,10 +71,7 @@ def main() -> None:
     lm = load_model(args.model, dtype=args.dtype, lora=LoraSpec(r=16, alpha=32))
     model = lm.model
     model.train()
-    with torch.no_grad():  # B starts at zero; a trained adapter does not
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.02)
+    randomise_lora_b(model)  # B starts at zero; a trained adapter does not
     batch, rewards = fixed_batch(args, model.get_output_embeddings().weight.shape[0])
     spec = get_algorithm("grpo")
     cfg = spec.config_cls()
@@ -115,8 +112,7 @@ def main() -> None:
         "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "G": args.group_size,
         "prompt_len": args.prompt_len, "completion_len": args.completion_len, "threads": args.threads,
         "machine": machine_info(), "versions": versions(),
-        **{f"{m}_median_s": statistics.median(v) for m, v in times.items()},
-        **{f"{m}_min_max_s": [min(v), max(v)] for m, v in times.items()},
+        **timing_summary(times),
         **{f"{m}_peak_added_mb": round(v, 1) for m, v in peaks.items()},
         "shared_vs_whole_max_abs_logp_diff": max_diff,
     }  # fmt: skip

@@ -331,3 +331,14 @@ def test_shared_prompt_off_under_gradient_checkpointing() -> None:
     assert body_calls(model, run) == [(7, 8)]  # a KV cache cannot be replayed in backward
     logp[0].sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
+def test_reference_logprobs_follow_share_prompt() -> None:
+    model, tok = lora_model()
+    batch = make_batch(tok)
+    batch.prompt_ids[1:] = batch.prompt_ids[0]  # one prompt for the group of 3
+    batch.prompt_mask[1:] = batch.prompt_mask[0]
+    mask = batch.completion_mask.clone()
+    shared = body_calls(model, lambda: reference_logprobs(model, batch, mask))
+    whole = body_calls(model, lambda: reference_logprobs(model, batch, mask, share_prompt=False))
+    assert shared == [(1, 3), (3, 5)] and whole == [(3, 8)]

@@ -337,7 +337,7 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
             with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # the forward only
                 logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)  # [b, T]
                 if algo_cfg.beta > 0 and j not in ref_logp:
-                    ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask)
+                    ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)
             loss, m = policy_loss(
                 logp,
                 old_logp.get(j),  # None on the first inner update: ratio pi / sg(pi)

@@ -264,7 +264,12 @@ def completion_logprobs(
 
 
 def reference_logprobs(
-    model: nn.Module, batch: RolloutBatch, token_mask: torch.Tensor, *, chunk_size: int = 1024
+    model: nn.Module,
+    batch: RolloutBatch,
+    token_mask: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    share_prompt: bool = True,
 ) -> torch.Tensor:
     """Log-probs [B, T] under the reference: the same model with its LoRA adapter disabled."""
     if not hasattr(model, "disable_adapter"):
@@ -273,7 +278,7 @@ def reference_logprobs(
             "adapter (not a peft model); wrap it with apply_lora or set beta = 0"
         )
     with torch.no_grad(), model.disable_adapter():
-        return completion_logprobs(model, batch, token_mask, chunk_size=chunk_size)
+        return completion_logprobs(model, batch, token_mask, chunk_size=chunk_size, share_prompt=share_prompt)
 
 
 def full_logits_logprobs(

@@ -137,6 +137,15 @@ def vocab_size(model: nn.Module) -> int:
     return base.get_output_embeddings().weight.shape[0]
 
 
+def randomise_lora_b(model: nn.Module, std: float = 0.02) -> None:
+    """Fill the LoRA B matrices (zero at init) with N(0, std^2), so the adapter changes the
+    outputs as a trained one does (torch's global RNG)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=std)
+
+
 def lora_b_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the LoRA B matrices (zero at init): a check that an update really happened."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import threading
 import time
 from importlib import metadata
@@ -92,6 +93,15 @@ class PhaseMeter:
         if self._sampler is not None:
             return elapsed, self._sampler.stop() - self._base
         return elapsed, None
+
+
+def timing_summary(times: dict[str, list[float]]) -> dict[str, Any]:
+    """``{name}_median_s`` and ``{name}_min_max_s`` for each list of seconds in ``times``."""
+    out: dict[str, Any] = {}
+    for name, values in times.items():
+        out[f"{name}_median_s"] = statistics.median(values)
+        out[f"{name}_min_max_s"] = [min(values), max(values)]
+    return out
 
 
 def _cpu_model() -> str:
