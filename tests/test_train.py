@@ -274,3 +274,24 @@ def test_shared_prompt_gives_the_same_update(tmp_path):
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)
     for k in a:  # up to float rounding (entries up to ~0.09)
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_lora_plus_ratio_scales_the_b_matrices_first_step(tmp_path):
+    # Step 1 starts from B = 0, so A gets no gradient and AdamW's first step moves each B entry
+    # by lr * g / (|g| + eps) = +-lr: with LoRA+ ratio 4, B's step is 4x as large, A stays put.
+    runs = {}
+    for ratio in ("1", "4"):
+        cfg = quick_config("--train.algo", "grpo", "--train.steps", "1", "--optim.lora_plus_ratio", ratio,
+                           "--optim.grad_clip", "none", "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
+        train(cfg, tmp_path / ratio, on_event=lambda s: None)
+        runs[ratio] = _adapter(tmp_path / ratio)
+    one, four = runs["1"], runs["4"]
+    b_keys = [k for k in one if "lora_B" in k]
+    assert b_keys and all(torch.equal(one[k], four[k]) for k in one if "lora_A" in k)
+    steps = torch.cat([one[k].flatten() for k in b_keys]).abs()
+    moved = steps > 0
+    assert moved.float().mean() > 0.5
+    assert math.isclose(steps.max().item(), 1e-3, rel_tol=1e-5)  # entries with |g| near eps move less
+    assert (steps[moved] > 0.99e-3).float().mean() > 0.9
+    for k in b_keys:
+        assert torch.allclose(four[k], 4 * one[k], rtol=1e-4, atol=1e-9), k

@@ -213,6 +213,10 @@ class OptimConfig:
     beta2: float = 0.999
     """AdamW beta2."""
 
+    lora_plus_ratio: float = 1.0
+    """Learning rate of the LoRA B matrices over that of the A matrices (LoRA+, Hayou et al. 2024: B
+    learns at ``lr * lora_plus_ratio``); 1 = one rate for every adapter weight."""
+
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value (None = no clipping)."""
 
@@ -237,6 +241,8 @@ class OptimConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             _fail(f"optim.lr={self.lr} must be positive", "use e.g. 1e-4 for LoRA")
+        if self.lora_plus_ratio <= 0:
+            _fail(f"optim.lora_plus_ratio={self.lora_plus_ratio} must be positive", "use 1 (one rate) or e.g. 4-16 (LoRA+)")
         if self.weight_decay < 0:
             _fail(f"optim.weight_decay={self.weight_decay} is negative", "use 0 or a small positive value")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -39,7 +39,7 @@ from tokenrl.algorithms.losses import (
 )
 from tokenrl.algorithms.registry import get_algorithm
 from tokenrl.algorithms.replay import ReplayBuffer, rollout_items, sample_replay_prefixes
-from tokenrl.config import AUTOCAST_DTYPES, Config, save_config
+from tokenrl.config import AUTOCAST_DTYPES, Config, OptimConfig, save_config
 from tokenrl.distributed import Distributed, check_divisible, init_from_env, shutdown
 from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
@@ -169,7 +169,9 @@ def build_trainer(cfg: Config, out: Path, *, device: str | None = None, dist: Di
     params = [p for p in lm.model.parameters() if p.requires_grad]
     dist.broadcast_params(params)  # the seeded adapters already agree; this makes sure of it
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        param_groups(lm.model, o), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     replay_cfg = cfg.tspmo.replay
     use_replay = cfg.train.algo == "tspmo" and replay_cfg.every > 0
@@ -188,6 +190,18 @@ def build_trainer(cfg: Config, out: Path, *, device: str | None = None, dist: Di
         reward_fn=cfg.task.reward_fn() or task.reward,
         dist=dist,
     )
+
+
+def param_groups(model: torch.nn.Module, o: OptimConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as AdamW parameter groups: one group at ``o.lr``; with LoRA+
+    (``o.lora_plus_ratio != 1``) the LoRA B matrices in a second group at ``o.lr * ratio``.
+    The first group always runs at ``o.lr`` (the rate the metrics log)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if o.lora_plus_ratio == 1.0:
+        return [{"params": [p for _, p in named]}]
+    b = [p for n, p in named if ".lora_B." in n]
+    rest = [p for n, p in named if ".lora_B." not in n]
+    return [{"params": rest}, {"params": b, "lr": o.lr * o.lora_plus_ratio}]
 
 
 def seed_everything(seed: int) -> None:
