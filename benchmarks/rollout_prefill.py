@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from tokenrl.bench.measure import cpu_model, timing_summary  # noqa: E402
 from tokenrl.models import load_model  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
 
@@ -53,9 +52,8 @@ def main() -> None:
     result = {
         "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "G": args.group_size,
         "prompt_tokens": prompt_len, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus", "torch": torch.__version__,
-        **{f"{k}_median_s": statistics.median(v) for k, v in times.items()},
-        **{f"{k}_min_max_s": [min(v), max(v)] for k, v in times.items()},
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus", "torch": torch.__version__,
+        **timing_summary(times),
     }
     result["speedup"] = result["per_row_median_s"] / result["shared_median_s"]
     print(json.dumps(result, indent=1))

@@ -4,9 +4,11 @@ not timed here), and the warm-up's pieces with hand-checked values."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +182,34 @@ def test_warmup_config_rejects_bad_values():
         WarmupConfig(target_accuracy=1.5)
     with pytest.raises(ValueError, match="lr"):
         WarmupConfig(lr=0)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        WarmupConfig(lr_warmup=-1)
+    with pytest.raises(ValueError, match="grad_clip"):
+        WarmupConfig(grad_clip=0)
+
+
+def test_warmup_ramps_the_lr_and_clips(monkeypatch):
+    torch.manual_seed(0)
+    model, tok = build_tiny("tiny")
+    task = get_task("multiplication:2x1", style="compact", n_train=300, n_test=50).resolved(tok)
+    before = [p.detach().clone() for p in model.parameters()]
+    clipped: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda ps, max_norm: clipped.append(max_norm) or clip(ps, max_norm))
+    cfg = WarmupConfig(max_steps=1, check_every=5, validation=50, lr=2e-3, lr_warmup=4, grad_clip=0.5)
+    supervised_warmup(model, tok, task, cfg)
+    # AdamW's first step moves each weight by lr_1 * g / (|g| + eps), lr_1 = lr * 1/4 on the ramp
+    moved = max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True))
+    assert math.isclose(moved, 2e-3 / 4, rel_tol=1e-4)
+    assert clipped == [0.5]
+
+
+def test_warmup_lr_benchmark_reports_the_steps(tmp_path):
+    script = Path(__file__).parent.parent / "benchmarks" / "warmup_lr.py"
+    args = ["--seed", "1", "--threads", "1", "--set", "max_steps=4", "--set", "check_every=2", "--set", "lr_warmup=2"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 4 and out["lr_warmup"] == 2 and [s for s, _ in out["last_checks"]] == [2, 4]
+    bad = subprocess.run([sys.executable, str(script), "--set", "bogus=1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a WarmupConfig field" in bad.stderr

@@ -322,11 +322,15 @@ def last_step(metrics: Path) -> int:
 
 
 def machine() -> dict[str, Any]:
+    """Where the report was made; ``processor`` is the CPU model: the numbers (the warm-up's
+    included) differ between CPU models, whose float kernels round differently."""
     import torch
+
+    from tokenrl.bench.measure import cpu_model
 
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

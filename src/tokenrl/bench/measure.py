@@ -104,7 +104,8 @@ def timing_summary(times: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows (e.g. x86_64)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -129,7 +130,7 @@ def _ram_gib() -> float | None:
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model, cores, RAM, OS; the GPU name and memory when ``device`` is CUDA."""
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": _ram_gib(),
