@@ -33,3 +33,8 @@ def returns_nan(completion: str, example) -> float:
 def returns_text(completion: str, example) -> str:
     """A reward of the wrong type."""
     return "1.0"
+
+
+def even_problems_right(completion: str, example) -> float:
+    """1 for every completion of a problem whose first operand is even: every group settled."""
+    return 1.0 if int(example.id.split("x")[0]) % 2 == 0 else 0.0

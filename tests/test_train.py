@@ -272,8 +272,10 @@ def test_autocast_runs_sampling_and_the_update_in_bf16(tmp_path, monkeypatch):
 def test_shared_prompt_gives_the_same_update(tmp_path):
     a, b = _two_step_adapters(tmp_path, "grpo", "optim.share_prompt", ("false", "true"))
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)
-    for k in a:  # up to float rounding (entries up to ~0.09)
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # the same up to float rounding, which depends on the CPU's kernels: differences up to 1.9e-5
+    # on an AMD EPYC, under 1e-5 on an Intel Xeon (entries up to ~0.09; one AdamW step moves them 1e-3)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=5e-5), k
 
 
 def test_lora_plus_ratio_scales_the_b_matrices_first_step(tmp_path):
@@ -295,3 +297,44 @@ def test_lora_plus_ratio_scales_the_b_matrices_first_step(tmp_path):
     assert (steps[moved] > 0.99e-3).float().mean() > 0.9
     for k in b_keys:
         assert torch.allclose(four[k], 4 * one[k], rtol=1e-4, atol=1e-9), k
+
+
+def test_prompt_sampler_skips_a_settled_problem_once():
+    from tokenrl.trainer import PromptSampler
+
+    plain, skipping = PromptSampler(6, seed=3), PromptSampler(6, seed=3, skip_settled=True)
+    first = skipping.take(6)
+    assert first == plain.take(6)  # one whole pass, the same order either way
+    second = PromptSampler(6, seed=3).take(12)[6:]  # the next pass's order
+    settled = [second[0], second[2]]
+    for s in (plain, skipping):
+        s.record(first, [i in settled for i in first])
+    assert plain.settled == set() and skipping.settled == set(settled)
+    assert plain.take(6) == second
+    assert skipping.take(4) == [i for i in second if i not in settled]  # each settled one passed over...
+    assert skipping.settled == set()
+    assert skipping.take(6) == plain.take(6)  # ...once: the pass after draws them again
+    # marked settled, then scored with signal: no longer skipped
+    skipping.record([1, 2], [True, True])
+    skipping.record([1], [False])
+    state = skipping.state_dict()
+    assert state["settled"] == [2]
+    again = PromptSampler(6, seed=3, skip_settled=True)
+    again.load_state_dict(state)
+    assert again.take(5) == skipping.take(5)
+    # every problem settled: the sampler still draws (each is passed over only while others remain)
+    tiny = PromptSampler(2, seed=0, skip_settled=True)
+    tiny.record([0, 1], [True, True])
+    assert len(tiny.take(3)) == 3
+
+
+def test_a_step_marks_the_groups_that_all_scored_the_same(tmp_path):
+    from tokenrl.trainer import PromptSampler, build_trainer, train_step
+
+    cfg = quick_config("--rollout.skip_settled", "true", "--rollout.prompts_per_step", "3",
+                       "--task.reward", "rewards_for_tests:even_problems_right")  # fmt: skip
+    tr = build_trainer(cfg, tmp_path)
+    ids = PromptSampler(len(tr.train_examples), cfg.train.seed).take(3)
+    train_step(tr)
+    assert tr.sampler.settled == set(ids)  # every group scored 4 x 1 or 4 x 0
+    assert tr.sampler.state_dict()["settled"] == sorted(ids)

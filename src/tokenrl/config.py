@@ -181,6 +181,11 @@ class RolloutConfig:
     one matmul per layer instead of three: faster rollouts on a CPU for one extra copy of the
     adapted weights (tokenrl.models.lora_merged). The update always runs the adapter itself."""
 
+    skip_settled: bool = False
+    """Skip a training problem once, the next time the prompt sampler reaches it, if its last group
+    of completions all scored the same (all right or all wrong: a group with no gradient), so
+    that each step's prompts hold more groups that teach something."""
+
     def validate(self) -> None:
         if self.group_size < 2:
             _fail(f"rollout.group_size={self.group_size} is below 2",

@@ -63,10 +63,16 @@ CHECKPOINT_DONE = "COMPLETE"
 
 
 class PromptSampler:
-    """Shuffled passes over the training problems, reproducible from the seed and resumable."""
+    """Shuffled passes over the training problems, reproducible from the seed and resumable.
 
-    def __init__(self, n: int, seed: int) -> None:
+    With ``skip_settled``, a problem marked settled (:meth:`record`: its last group all scored the
+    same) is passed over once, the next time a pass reaches it, then drawn again as usual.
+    """
+
+    def __init__(self, n: int, seed: int, *, skip_settled: bool = False) -> None:
         self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self.skip_settled = skip_settled
+        self.settled: set[int] = set()
         self._order = self._shuffle()
 
     def _shuffle(self) -> list[int]:
@@ -74,20 +80,35 @@ class PromptSampler:
         return torch.randperm(self.n, generator=g).tolist()
 
     def take(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.pos == self.n:
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._order = self._shuffle()
-            out.append(self._order[self.pos])
+            i = self._order[self.pos]
             self.pos += 1
+            if i in self.settled and len(self.settled) < self.n:  # (all settled: draw anyway)
+                self.settled.discard(i)
+                continue
+            out.append(i)
         return out
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
+    def record(self, ids: list[int], settled: list[bool]) -> None:
+        """Mark each problem of ``ids`` settled or not, from its group just scored."""
+        if not self.skip_settled:
+            return
+        for i, s in zip(ids, settled, strict=True):
+            if s:
+                self.settled.add(i)
+            else:
+                self.settled.discard(i)
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "settled": sorted(self.settled)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
+        self.settled = set(state.get("settled", []))
         self._order = self._shuffle()
 
 
@@ -184,7 +205,7 @@ def build_trainer(cfg: Config, out: Path, *, device: str | None = None, dist: Di
         eval_examples=eval_examples,
         optimizer=optimizer,
         scheduler=scheduler,
-        sampler=PromptSampler(len(train_examples), cfg.train.seed),
+        sampler=PromptSampler(len(train_examples), cfg.train.seed, skip_settled=cfg.rollout.skip_settled),
         generator=torch.Generator().manual_seed(cfg.train.seed + 1),
         replay=ReplayBuffer.from_config(replay_cfg) if use_replay else None,
         reward_fn=cfg.task.reward_fn() or task.reward,
@@ -288,6 +309,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
     rows, n_tokens = len(batch.texts), int(batch.completion_mask.sum())
     all_rewards, lengths, truncated, fresh = tr.dist.cat(rewards, batch.completion_lengths.float(), batch.truncated, fresh)
     fresh_rewards = all_rewards[fresh]
+    by_group = fresh_rewards.view(len(ids), G)  # every rank's fresh groups, in the order of ids
+    tr.sampler.record(ids, (by_group == by_group[:, :1]).all(dim=1).tolist())
     metrics: dict[str, Any] = {
         "step": tr.step,
         "reward/mean": fresh_rewards.mean().item(),
