@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from tokenrl.cli import UsageError, parse_key_values
 from tokenrl.config import coerce
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import QuickstartPlan
@@ -36,9 +37,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = typing.get_type_hints(WarmupConfig)
+    try:
+        raw = parse_key_values(args.set, "--set", "lr=2e-3")
+    except UsageError as err:
+        ap.error(str(err))
     changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
+    for key, value in raw.items():
         if key not in fields:
             ap.error(f"--set {key}: not a WarmupConfig field ({', '.join(fields)})")
         changes[key] = coerce(value, fields[key], key)

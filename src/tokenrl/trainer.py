@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokenrl.algorithms.advantages import zero_std_fraction
+from tokenrl.algorithms.advantages import settled_groups
 from tokenrl.algorithms.logprobs import completion_logprobs, reference_logprobs
 from tokenrl.algorithms.losses import (
     LossInputs,
@@ -309,8 +309,8 @@ def train_step(tr: Trainer) -> dict[str, Any]:
     rows, n_tokens = len(batch.texts), int(batch.completion_mask.sum())
     all_rewards, lengths, truncated, fresh = tr.dist.cat(rewards, batch.completion_lengths.float(), batch.truncated, fresh)
     fresh_rewards = all_rewards[fresh]
-    by_group = fresh_rewards.view(len(ids), G)  # every rank's fresh groups, in the order of ids
-    tr.sampler.record(ids, (by_group == by_group[:, :1]).all(dim=1).tolist())
+    settled = settled_groups(fresh_rewards, G)  # [len(ids)]: every rank's fresh groups, in the order of ids
+    tr.sampler.record(ids, settled.tolist())
     metrics: dict[str, Any] = {
         "step": tr.step,
         "reward/mean": fresh_rewards.mean().item(),
@@ -323,7 +323,7 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         "replay/groups": len(examples) - n_fresh,
         **inputs.metrics,
         # replay groups have their own reward scale: count fresh groups only, like reward/mean
-        "reward/zero_std_frac": zero_std_fraction(fresh_rewards, G),
+        "reward/zero_std_frac": settled.float().mean().item(),
         **update,
         "optim/lr": tr.scheduler.get_last_lr()[0],
         "time/generate": t_gen - t0,

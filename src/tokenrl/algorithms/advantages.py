@@ -47,7 +47,12 @@ def group_advantages(
     return torch.where(no_signal, torch.zeros_like(centred), centred).view(-1)  # [B]
 
 
+def settled_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N] bool: which groups of ``group_size`` consecutive rewards are all equal (no learning signal)."""
+    r = rewards.detach().view(-1, group_size)  # [N, G]
+    return (r == r[:, :1]).all(dim=1)
+
+
 def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
     """Fraction of groups whose rewards are all equal (they carry no learning signal)."""
-    r = rewards.detach().view(-1, group_size)  # [N, G]
-    return (r == r[:, :1]).all(dim=1).float().mean().item()
+    return settled_groups(rewards, group_size).float().mean().item()
