@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenrl.cli import main
-from tokenrl.config import load_config
+from tokenrl.cli import main, spin_while_alone
+from tokenrl.config import load_config, save_config
 from tokenrl.errors import RunError
 from tokenrl.models import build_tiny
-from tokenrl.quickstart import ALGOS, MethodRun, QuickstartPlan, last_step, train_methods
+from tokenrl.quickstart import ALGOS, MethodRun, QuickstartPlan, child_env, last_step, train_methods
 from tokenrl.tasks import get_task
-from tokenrl.warmup import IGNORE, WarmupConfig, collate, encode_pairs, supervised_warmup
+from tokenrl.warmup import IGNORE, WarmupConfig, collate, encode_pairs, save_base, supervised_warmup
 
 METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rss_mb", "train_seconds", "cpu_seconds",
                "wall_seconds", "run_dir"}
@@ -38,6 +38,7 @@ def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
     assert set(report["methods"]) == set(ALGOS)
     assert report["settings"]["rl"]["rollout.temperature"] == 0.7
     assert report["settings"]["jobs"] == 3 and report["settings"]["threads_per_method"] == 2
+    assert set(report["machine"]["openmp"]) == {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}
     assert all(load_config(out / "configs" / f"{a}.yaml").rollout.temperature == 0.7 for a in ALGOS)
     for algo, m in report["methods"].items():
         assert METHOD_KEYS <= m.keys(), algo
@@ -67,6 +68,24 @@ def test_quickstart_refuses_a_non_empty_out_and_bad_flags(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path / "e"), "--set", "rollout.temperature"]) == 2
     assert "write KEY=VALUE, e.g. --set rollout.temperature=0.7" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abcde")
+
+
+def test_the_warm_up_spins_only_before_torch_loads_and_never_over_the_users_value(monkeypatch):
+    env: dict[str, str] = {}
+    monkeypatch.setattr("os.environ", env)
+    assert not spin_while_alone() and env == {}  # torch is loaded in this process: too late
+    monkeypatch.delitem(sys.modules, "torch")
+    assert spin_while_alone() and env == {"GOMP_SPINCOUNT": "10000"}
+    env["GOMP_SPINCOUNT"] = "0"  # the user's own value stays
+    assert not spin_while_alone() and env == {"GOMP_SPINCOUNT": "0"}
+
+
+def test_methods_at_once_do_not_inherit_the_warm_ups_spinning(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    at_once, one_by_one = child_env(QuickstartPlan(out=tmp_path)), child_env(QuickstartPlan(out=tmp_path, jobs=1))
+    assert "GOMP_SPINCOUNT" not in at_once and at_once["OMP_WAIT_POLICY"] == "PASSIVE" and at_once["TQDM_DISABLE"] == "1"
+    assert one_by_one["GOMP_SPINCOUNT"] == "10000"  # alone on the cores, like the warm-up
 
 
 def test_set_replaces_one_rl_setting_and_keeps_the_others(tmp_path):
@@ -213,3 +232,38 @@ def test_warmup_lr_benchmark_reports_the_steps(tmp_path):
     assert out["steps"] == 4 and out["lr_warmup"] == 2 and [s for s, _ in out["last_checks"]] == [2, 4]
     bad = subprocess.run([sys.executable, str(script), "--set", "bogus=1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a WarmupConfig field" in bad.stderr
+
+
+def test_wait_policy_benchmark_times_each_variant_against_passive():
+    script = Path(__file__).parent.parent / "benchmarks" / "wait_policy.py"
+    args = ["--variants", "spin_10k", "--loads", "idle", "--threads", "2", "--steps", "1", "--rounds", "1", "--json"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = {(r["variant"], r["threads"]): r for r in json.loads(done.stdout)["rows"]}
+    assert set(rows) == {("passive", 1), ("spin_10k", 2), ("passive", 2)}  # the baselines added
+    assert all(r["load"] == "idle" and r["step_median_s"] > 0 for r in rows.values())
+    assert rows[("passive", 2)]["vs_passive_same_threads"] == 1.0
+    spin = rows[("spin_10k", 2)]
+    assert spin["vs_passive_same_threads"] == pytest.approx(rows[("passive", 2)]["step_median_s"] / spin["step_median_s"])
+    bad = subprocess.run([sys.executable, str(script), "--variants", "bogus"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown variant" in bad.stderr
+
+
+def test_rl_malloc_benchmark_runs_the_methods_both_ways(tmp_path):
+    model, tok = build_tiny("tiny")
+    save_base(model, tok, tmp_path / "base")
+    plan = QuickstartPlan(out=tmp_path, steps=4, rl_overrides={"rollout.prompts_per_step": 2, "rollout.batch_size": 8})
+    (tmp_path / "configs").mkdir()
+    for algo in ALGOS:
+        save_config(plan.rl_config(str(tmp_path / "base"), algo), tmp_path / "configs" / f"{algo}.yaml")
+    script = Path(__file__).parent.parent / "benchmarks" / "rl_malloc.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "--steps", "4", "--rounds", "1", "--json"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [r["algo"] for r in rows] == list(ALGOS)
+    for r in rows:
+        assert r["step_s_plain"] > 0 and r["step_s_malloc_env"] > 0 and r["peak_rss_mb_plain"] > 0
+        assert r["speed_up"] == pytest.approx(r["step_s_plain"] / r["step_s_malloc_env"])
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "pass a quickstart output folder" in bad.stderr

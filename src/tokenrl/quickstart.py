@@ -246,8 +246,18 @@ def start_method(plan: QuickstartPlan, base_model: str, algo: str) -> MethodRun:
         cmd += ["--threads", str(plan.child_threads)]
     log_path = plan.out / "logs" / f"{algo}.log"
     with open(log_path, "w", encoding="utf-8") as log:  # the child keeps its own handle
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(plan))
     return MethodRun(algo, child, run_dir, log_path, time.perf_counter())
+
+
+def child_env(plan: QuickstartPlan) -> dict[str, str]:
+    """The environment of a method's process: this one's, without a progress bar, and without
+    GOMP_SPINCOUNT when methods run at once: they share the cores, where spinning idle OpenMP
+    threads slow each other down (the warm-up, alone, spins; see ``cli.spin_while_alone``)."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if plan.job_count > 1:
+        env.pop("GOMP_SPINCOUNT", None)
+    return env
 
 
 def finish_method(run: MethodRun) -> dict[str, Any]:
@@ -334,6 +344,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "openmp": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
     }
 
 
