@@ -18,9 +18,10 @@ ALONE_SPINCOUNT = "10000"
 def spin_while_alone() -> bool:
     """Let this process's idle OpenMP threads spin ``ALONE_SPINCOUNT`` times before sleeping.
 
-    For the quickstart, whose supervised warm-up runs alone on every core: its steps ran 2.1x
-    faster than with threads that sleep at once (PASSIVE), 1.7x faster than one thread; beside
-    a busy core, 1.6x slower than one thread (``benchmarks/wait_policy.py``; docs/quickstart.md).
+    For the quickstart, whose supervised warm-up runs alone on every core: on an idle machine its
+    steps ran 1.45-1.69x faster than with threads that sleep at once (PASSIVE), but 1.8-2.1x
+    slower beside a busy core (``benchmarks/wait_policy.py``; docs/quickstart.md), where the
+    user sets GOMP_SPINCOUNT=0.
     libgomp reads GOMP_SPINCOUNT (it overrides OMP_WAIT_POLICY) once, when torch loads it, so
     this only acts before torch is imported, and never replaces a value the user set. Returns
     whether it set it.
