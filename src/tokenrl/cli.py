@@ -22,6 +22,7 @@ def spin_while_alone() -> bool:
     steps ran 1.45-1.69x faster than with threads that sleep at once (PASSIVE), but 1.8-2.1x
     slower beside a busy core (``benchmarks/wait_policy.py``; docs/quickstart.md), where the
     user sets GOMP_SPINCOUNT=0.
+
     libgomp reads GOMP_SPINCOUNT (it overrides OMP_WAIT_POLICY) once, when torch loads it, so
     this only acts before torch is imported, and never replaces a value the user set. Returns
     whether it set it.
