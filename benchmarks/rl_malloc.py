@@ -7,9 +7,9 @@ By default glibc serves every allocation above 128 KiB (most activation tensors)
 mmap and gives it back to the kernel when freed, so each RL step pays page faults to get fresh,
 zeroed pages again. ``MALLOC_ENV`` below serves allocations up to 32 MiB from the heap and keeps
 freed memory in the process (no trim below 1 GiB, grown 256 MiB at a time). Tried for the
-quickstart's methods' processes and not adopted (docs/quickstart.md). This runs the RL phase of a quickstart (``OUT/configs/ALGO.yaml``, the methods at
-once, one torch thread each, as the quickstart runs them) for ``--steps`` steps without
-evaluations, once with the plain environment and once with ``MALLOC_ENV``, interleaved over
+quickstart's methods' processes and not adopted (docs/quickstart.md). This runs the RL phase of
+a quickstart (``OUT/configs/ALGO.yaml``, the methods at once, one torch thread each, in the
+environment the quickstart gives them) for ``--steps`` steps without evaluations, once with the plain environment and once with ``MALLOC_ENV``, interleaved over
 ``--rounds`` rounds (this shared machine's speed drifts), and reports each method's median
 wall time per step (after 3 untimed steps), the ratio, and each process's peak resident memory.
 """
@@ -25,18 +25,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tokenrl.quickstart import ALGOS, QuickstartPlan, child_env
+
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(256 << 20),
 }
-ALGOS = ("grpo", "sgrpo", "tspmo")
 
 
 def run_phase(out: Path, steps: int, malloc: bool, work: Path) -> dict[str, dict[str, float]]:
     """The methods at once for ``steps`` steps; per method: median step seconds, peak RSS MB."""
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
-    env.update({"OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1", **(MALLOC_ENV if malloc else {})})
+    # the environment the quickstart gives its methods when they run at once, then MALLOC_ENV or not
+    env = {k: v for k, v in child_env(QuickstartPlan(out=out)).items() if k not in MALLOC_ENV}
+    env.update(MALLOC_ENV if malloc else {})
     children = {}
     for algo in ALGOS:
         cmd = [sys.executable, "-m", "tokenrl", "train", str(out / "configs" / f"{algo}.yaml"), "--threads", "1",

@@ -30,7 +30,6 @@ import torch
 from tokenrl.evaluation import evaluate
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan, train_method
-from tokenrl.tasks import get_task
 from tokenrl.trainer import read_jsonl
 from tokenrl.warmup import collate, encode_pairs, save_base
 
@@ -69,7 +68,7 @@ def main() -> None:
     )
     torch.manual_seed(args.seed)
     model, tok = build_tiny(DEFAULT_MODEL)
-    task = get_task(plan.task, style="compact", **plan.task_options, seed=args.seed).resolved(tok)
+    task = plan.warmup_task().resolved(tok)
     fit = task.examples("train")[plan.warmup.validation :]
     clean = encode_pairs(task, tok, fit)
     slipped = [(p, tok(e.answer + "0" + task.stop[0], add_special_tokens=False)["input_ids"]) for (p, _), e in zip(clean, fit, strict=True)]

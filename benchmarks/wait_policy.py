@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 VARIANTS: dict[str, dict[str, str]] = {
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
@@ -39,14 +40,14 @@ def worker(steps: int, threads: int) -> None:
     import torch
 
     from tokenrl.models import build_tiny
-    from tokenrl.quickstart import DEFAULT_MODEL
-    from tokenrl.tasks import get_task
+    from tokenrl.quickstart import QuickstartPlan
     from tokenrl.warmup import collate, encode_pairs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model, tok = build_tiny(DEFAULT_MODEL)
-    task = get_task("multiplication:3x1", style="compact", n_train=4000, n_test=300, seed=0).resolved(tok)
+    plan = QuickstartPlan(out=Path("."))  # seed 0's model and task only; nothing is written
+    model, tok = build_tiny(plan.model)
+    task = plan.warmup_task().resolved(tok)
     pairs = encode_pairs(task, tok, task.examples("train")[200:264])
     batch = collate(pairs, tok.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -93,7 +94,7 @@ def main() -> None:
         worker(args.steps, args.threads)
         return
 
-    from tokenrl.bench.measure import cpu_model, versions
+    from tokenrl.bench.measure import cpu_model, timing_summary, versions
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     loads = [v.strip() for v in args.loads.split(",") if v.strip()]
@@ -111,10 +112,9 @@ def main() -> None:
     rows = []
     for (name, threads, busy), values in times.items():
         base = statistics.median(times[("passive", threads, busy)])
-        median = statistics.median(values)
-        rows.append({"variant": name, "threads": threads, "load": "one core busy" if busy else "idle",
-                     "step_median_s": median, "step_min_max_s": [min(values), max(values)],
-                     "vs_passive_same_threads": base / median})
+        summary = timing_summary({"step": values})  # step_median_s, step_min_max_s
+        rows.append({"variant": name, "threads": threads, "load": "one core busy" if busy else "idle", **summary,
+                     "vs_passive_same_threads": base / summary["step_median_s"]})
     result = {"cpu": cpu_model(), "cores": os.cpu_count(), "steps": args.steps, "rounds": args.rounds,
               **versions(), "rows": rows}
     if args.json:

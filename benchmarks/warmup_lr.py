@@ -24,7 +24,6 @@ from tokenrl.cli import UsageError, parse_key_values
 from tokenrl.config import coerce
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import QuickstartPlan
-from tokenrl.tasks import get_task
 from tokenrl.warmup import WarmupConfig, supervised_warmup
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     plan = QuickstartPlan(out=None, seed=args.seed)  # type: ignore[arg-type]  # only its model, task and options
     torch.manual_seed(plan.seed)  # as the quickstart does before building the tiny model
     model, tok = build_tiny(plan.model)
-    task = get_task(plan.task, style="compact", **{**plan.task_options, "seed": plan.seed})
+    task = plan.warmup_task()
     cfg = replace(WarmupConfig(), seed=plan.seed, **changes)
     info = supervised_warmup(model, tok, task, cfg)
     print(json.dumps({"seed": plan.seed, **changes, "steps": info["steps"], "reached_target": info["reached_target"],

@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenrl.config import Config, load_config, save_config
 from tokenrl.errors import RunError
 from tokenrl.warmup import WarmupConfig
+
+if TYPE_CHECKING:
+    from tokenrl.tasks import Task
 
 DEFAULT_MODEL = "tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024"
 DEFAULT_TASK = "multiplication:3x1"
@@ -151,15 +154,27 @@ class QuickstartPlan:
         """The quickstart's RL settings for this model, with ``rl_overrides`` applied."""
         return {**(TINY_RL if self.is_tiny else PRETRAINED_RL), **self.rl_overrides}
 
+    @property
+    def split_options(self) -> dict[str, Any]:
+        """Options that give the task this seed's train/test split: ``task_options`` and the seed
+        for the built-in multiplication task, none for other tasks (their split is fixed)."""
+        return {**self.task_options, "seed": self.seed} if self.task.startswith("multiplication") else {}
+
+    def warmup_task(self) -> Task:
+        """The task the supervised warm-up trains on: ``task`` in the compact style, on this
+        seed's split (the RL configs use the same split)."""
+        from tokenrl.tasks import get_task
+
+        return get_task(self.task, style="compact", **self.split_options)
+
     def rl_config(self, base_model: str, algo: str) -> Config:
         """The ``tokenrl train`` config of one method (validated like any config)."""
         settings = self.rl_settings
-        options = self.task_options if self.task.startswith("multiplication") else {}
         settings.update(
             {
                 "model.name": base_model,
                 "task.name": self.task,
-                "task.options": {**options, "seed": self.seed} if options else {},
+                "task.options": self.split_options,
                 "train.algo": algo,
                 "train.steps": self.steps,
                 "train.seed": self.seed,
@@ -196,15 +211,13 @@ def make_base(plan: QuickstartPlan, bar: Bar) -> tuple[str, dict[str, Any]]:
     import torch
 
     from tokenrl.models import build_tiny
-    from tokenrl.tasks import get_task
     from tokenrl.warmup import save_base, supervised_warmup
 
     if plan.threads:
         torch.set_num_threads(plan.threads)
     torch.manual_seed(plan.seed)
     model, tok = build_tiny(plan.model)
-    options = {**plan.task_options, "seed": plan.seed} if plan.task.startswith("multiplication") else {}
-    task = get_task(plan.task, style="compact", **options)
+    task = plan.warmup_task()
     bar.describe("supervised warm-up")
 
     def on_step(step: int, loss: float, val: float | None) -> None:
