@@ -116,8 +116,14 @@ def answers_match(pred: str | None, gold: str) -> bool:
     return pred.strip().casefold() == gold.strip().casefold()
 
 
+@lru_cache(maxsize=65536)
 def is_correct(completion: str, gold: str) -> bool:
-    """``answers_match(extract_answer(completion), gold)``."""
+    """``answers_match(extract_answer(completion), gold)``.
+
+    Cached: RL scores the same short completions of the same problems over and over (a group's
+    samples often agree, and a problem comes back every few dozen steps); both functions are
+    pure, so a cached verdict is the verdict.
+    """
     return answers_match(extract_answer(completion), gold)
 
 
