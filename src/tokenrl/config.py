@@ -181,6 +181,12 @@ class RolloutConfig:
     one matmul per layer instead of three: faster rollouts on a CPU for one extra copy of the
     adapted weights (tokenrl.models.lora_merged). The update always runs the adapter itself."""
 
+    shared_decode: bool = True
+    """Run each distinct (prompt, completion so far) prefix through the model once per decode step
+    and give every row its prefix's logits (the G rows of a prompt until they part, and rows that
+    agree to the end): the same tokens as ``generate``, fewer rows run (docs/rollout.md). Off:
+    Hugging Face ``generate`` over all rows."""
+
     skip_settled: bool = False
     """Skip a training problem once, the next time the prompt sampler reaches it, if its last group
     of completions all scored the same (all right or all wrong: a group with no gradient), so

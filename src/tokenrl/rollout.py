@@ -1,4 +1,6 @@
-"""Rollouts: sample G completions per prompt with Hugging Face ``generate``.
+"""Rollouts: sample G completions per prompt with Hugging Face ``generate``, or, for groups
+sampled with per-group seeds or greedily, with :func:`_generate_shared`, which runs each distinct
+completion prefix once per decode step and samples the same tokens.
 
 Shape legend: N prompts, G completions per prompt, B = N * G rows (grouped contiguously:
 rows ``i*G .. i*G+G-1`` belong to prompt ``i``), P = padded prompt length, T = padded
@@ -64,6 +66,7 @@ class SamplingConfig:
     greedy: bool = False  # argmax decoding (evaluation); ignores temperature / top_p
     stop: tuple[str, ...] = ()  # stop strings; the completion ends with the one that matched
     shared_prefill: bool = True  # encode each prompt once per group, not G times (measured faster)
+    shared_decode: bool = True  # run each distinct completion prefix once per decode step (_generate_shared)
     batch_size: int = 64  # most rows generated at once
 
     def generate_kwargs(self) -> dict:
@@ -183,6 +186,12 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def mask_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as ``generate`` makes them for left-padded rows: cumsum(mask) - 1, 0 on pads."""
+    mask = attention_mask.to(torch.long)  # [B, L]
+    return (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0)
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from ``parts``, the same in every process and Python run (no ``hash()``)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -246,10 +255,16 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
     if sampling.stop:
         kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
     P = ids.shape[1]
+    processors = sample_kwargs.get("logits_processor", [])
+    if sampling.shared_decode and G > 1 and (sampling.greedy or seeds is not None) and not _extra_processors(model):
+        return _generate_shared(model, tokenizer, ids, mask, G, processors, sampling, pad_id)
     if sampling.shared_prefill and G > 1 and P > 1:
         # Encode each prompt once, then copy its KV cache G times: generate only has to run
         # the last prompt token for each of the n*G rows.
-        prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+        # positions as generate makes them (the model's own arange would shift left-padded rows)
+        prefill = model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=mask_position_ids(mask[:, :-1]), use_cache=True
+        )
         cache = prefill.cache
         cache.batch_repeat_interleave(G)
         ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
@@ -274,3 +289,76 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         prompt_index=batch.prompt_index[rows],
         timings=dict(batch.timings),
     )
+
+
+# generation-config fields that make ``generate`` add a logits processor of its own in greedy mode
+# (the mode both the keyed sampler and evaluation use); :func:`_generate_shared` adds none of them
+_GENERATE_PROCESSOR_FIELDS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "bad_words_ids", "min_length", "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
+    "remove_invalid_values", "renormalize_logits", "guidance_scale", "watermarking_config",
+)  # fmt: skip
+
+
+def _extra_processors(model) -> list[str]:
+    """The fields of ``model.generation_config`` that would add a ``generate`` logits processor."""
+    cfg = getattr(model, "generation_config", None)
+    return [f for f in _GENERATE_PROCESSOR_FIELDS if getattr(cfg, f, None) not in (None, 0, 1.0, False, [], {})]
+
+
+def _last_logits(model, **inputs) -> tuple[torch.Tensor, object]:
+    """(float32 logits at each row's last position [R, V], the cache) of one forward pass."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "_supports_logits_to_keep", lambda: False)():
+        inputs["logits_to_keep"] = 1
+    out = model(**inputs, use_cache=True)
+    return out.logits[:, -1, :].float(), out.cache
+
+
+@torch.no_grad()
+def _generate_shared(model, tokenizer, ids, mask, G: int, processors, sampling: SamplingConfig, pad_id):
+    """``generate``'s greedy loop over n prompts x G rows, with each distinct prefix run once.
+
+    Rows that have sampled the same tokens so far (the G rows of a prompt before they part, and
+    rows that agree to the end, as a sharpened policy's often do) have the same next-token
+    logits, so a decode step runs the model once per distinct (prompt, completion-so-far) prefix
+    and hands each row its prefix's logits; each row then draws its own token (``processors``:
+    temperature / top-p warpers and :class:`KeyedSampler`, or none for greedy). The prompt is
+    encoded once per prompt, its cache rows copied as prefixes part. Otherwise the same rules as
+    ``generate``: positions count real tokens (left padding), a finished row (EOS, a stop string)
+    gets the pad token, and the loop ends when every row has finished or at ``max_new_tokens``.
+    Returns the new tokens [n*G, T].
+    """
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    n, P = ids.shape
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=ids.device)
+    stop = StopStringCriteria(tokenizer, list(sampling.stop)) if sampling.stop else None
+    logits, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=mask_position_ids(mask))
+    prefix_mask = mask  # [U, P + t] attention mask of each distinct prefix
+    of_row = torch.arange(n, device=ids.device).repeat_interleave(G)  # [B] each row's distinct prefix
+    rows = ids.repeat_interleave(G, 0)  # [B, P + t] every row's tokens so far
+    running = torch.ones(n * G, dtype=torch.bool, device=ids.device)
+    for t in range(sampling.max_new_tokens):
+        scores = logits[of_row]  # [B, V]
+        for processor in processors:
+            scores = processor(rows, scores)
+        token = torch.where(running, scores.argmax(-1), torch.full_like(of_row, pad_id))
+        rows = torch.cat([rows, token[:, None]], 1)
+        running &= ~torch.isin(token, eos)
+        if stop is not None:
+            running &= ~stop(rows, scores)
+        if t == sampling.max_new_tokens - 1 or not running.any():
+            break
+        # the distinct prefixes of the rows still running: (parent prefix, new token)
+        V = logits.shape[-1]
+        keys, inverse = torch.unique(of_row[running] * V + token[running], return_inverse=True)
+        parent, new_token = keys // V, keys % V
+        cache.batch_select_indices(parent)
+        prefix_mask = torch.cat([prefix_mask[parent], prefix_mask.new_ones(len(keys), 1)], 1)
+        logits, cache = _last_logits(model, input_ids=new_token[:, None], attention_mask=prefix_mask,
+                                     position_ids=prefix_mask.sum(-1, keepdim=True) - 1, cache=cache)  # fmt: skip
+        of_row = torch.zeros_like(of_row).masked_scatter(running, inverse)  # finished rows: any prefix
+    return rows[:, P:]

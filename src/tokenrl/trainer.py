@@ -149,6 +149,7 @@ class Trainer:
             top_p=r.top_p,
             stop=tuple(self.task.stop),
             batch_size=r.batch_size,
+            shared_decode=r.shared_decode,
         )
 
 

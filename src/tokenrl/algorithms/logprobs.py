@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenrl.models import decoder_and_head
-from tokenrl.rollout import RolloutBatch
+from tokenrl.rollout import RolloutBatch, mask_position_ids
 
 
 def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -134,12 +134,6 @@ def head_logprobs(
             checkpoint(fn, h_c, t_c, use_reentrant=False) if use_checkpoint else fn(h_c, t_c)
         )
     return torch.cat(pieces)
-
-
-def mask_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids as ``generate`` makes them for left-padded rows: cumsum(mask) - 1, 0 on pads."""
-    mask = attention_mask.to(torch.long)  # [B, L]
-    return (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0)
 
 
 def _checkpointing(body: nn.Module) -> bool:
