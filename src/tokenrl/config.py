@@ -184,8 +184,8 @@ class RolloutConfig:
     shared_decode: bool = True
     """Run each distinct (prompt, completion so far) prefix through the model once per decode step
     and give every row its prefix's logits (the G rows of a prompt until they part, and rows that
-    agree to the end): the same tokens as ``generate``, fewer rows run (docs/rollout.md). Off:
-    Hugging Face ``generate`` over all rows."""
+    agree to the end): the same tokens as ``generate`` in fp32 (in bf16, up to rounding), fewer
+    rows run (docs/rollout.md). Off: Hugging Face ``generate`` over all rows."""
 
     skip_settled: bool = False
     """Skip a training problem once, the next time the prompt sampler reaches it, if its last group

@@ -1,6 +1,7 @@
 """Rollouts: sample G completions per prompt with Hugging Face ``generate``, or, for groups
 sampled with per-group seeds or greedily, with :func:`_generate_shared`, which runs each distinct
-completion prefix once per decode step and samples the same tokens.
+completion prefix once per decode step and samples the same tokens (in fp32; in bf16 up to
+rounding).
 
 Shape legend: N prompts, G completions per prompt, B = N * G rows (grouped contiguously:
 rows ``i*G .. i*G+G-1`` belong to prompt ``i``), P = padded prompt length, T = padded
