@@ -248,6 +248,9 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
     sample_kwargs = sampling.generate_kwargs()
     if seeds is not None and not sampling.greedy:
         sample_kwargs = _keyed_kwargs(sampling, seeds, G, device)
+    if sampling.shared_decode and G > 1 and (sampling.greedy or seeds is not None) and not _extra_processors(model):
+        processors = sample_kwargs.get("logits_processor", [])
+        return _generate_shared(model, tokenizer, ids, mask, G, processors, sampling, pad_id)
     kwargs = dict(
         max_new_tokens=sampling.max_new_tokens,
         pad_token_id=pad_id,
@@ -256,9 +259,6 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
     if sampling.stop:
         kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
     P = ids.shape[1]
-    processors = sample_kwargs.get("logits_processor", [])
-    if sampling.shared_decode and G > 1 and (sampling.greedy or seeds is not None) and not _extra_processors(model):
-        return _generate_shared(model, tokenizer, ids, mask, G, processors, sampling, pad_id)
     if sampling.shared_prefill and G > 1 and P > 1:
         # Encode each prompt once, then copy its KV cache G times: generate only has to run
         # the last prompt token for each of the n*G rows.
@@ -360,6 +360,6 @@ def _generate_shared(model, tokenizer, ids, mask, G: int, processors, sampling: 
         cache.batch_select_indices(parent)
         prefix_mask = torch.cat([prefix_mask[parent], prefix_mask.new_ones(len(keys), 1)], 1)
         logits, cache = _last_logits(model, input_ids=new_token[:, None], attention_mask=prefix_mask,
-                                     position_ids=prefix_mask.sum(-1, keepdim=True) - 1, cache=cache)  # fmt: skip
+                                     position_ids=mask_position_ids(prefix_mask)[:, -1:], cache=cache)  # fmt: skip
         of_row = torch.zeros_like(of_row).masked_scatter(running, inverse)  # finished rows: any prefix
     return rows[:, P:]
