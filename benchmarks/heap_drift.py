@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tokenrl import trainer
+from tokenrl import step, trainer
 from tokenrl.bench.measure import RssSampler
 from tokenrl.config import load_config
 from tokenrl.heap import bound_heap, release_free_heap, trim_heap
@@ -34,25 +34,25 @@ def main(config: str, steps: int) -> None:
     trim = os.environ.get("TRIM") == "1"
     print(f"before load: rss {rss_mb()}", flush=True)
     tr = trainer.build_trainer(load_config(Path(config)), Path("/tmp/heap_drift"))
-    print(f"after load: rss {rss_mb()} peak {trainer.peak_rss_mb():.0f}", flush=True)
+    print(f"after load: rss {rss_mb()} peak {step.peak_rss_mb():.0f}", flush=True)
 
-    generate = trainer.generate_rollouts
+    generate = tr.engine.generate
 
     def generate_and_report(*args, **kwargs):
         batch = generate(*args, **kwargs)
-        print(f"  after generation: rss {rss_mb()} peak {trainer.peak_rss_mb():.0f}", flush=True)
+        print(f"  after generation: rss {rss_mb()} peak {step.peak_rss_mb():.0f}", flush=True)
         return batch
 
-    trainer.generate_rollouts = generate_and_report
+    tr.engine.generate = generate_and_report
     for _ in range(steps):
         t0 = time.perf_counter()
-        m = trainer.train_step(tr)
+        m = step.train_step(tr)
         trim_heap()  # as tokenrl train does after every step (not in the default mode)
         line = f"step {m['step']}: {time.perf_counter() - t0:.1f} s, update {m['time/update']:.1f} s, rss {rss_mb()}"
         if trim:
             release_free_heap()
             line += f" in use {rss_mb()}"
-        print(f"{line} peak {trainer.peak_rss_mb():.0f}", flush=True)
+        print(f"{line} peak {step.peak_rss_mb():.0f}", flush=True)
 
 
 if __name__ == "__main__":

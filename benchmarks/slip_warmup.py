@@ -30,7 +30,7 @@ import torch
 from tokenrl.evaluation import evaluate
 from tokenrl.models import build_tiny
 from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan, train_method
-from tokenrl.trainer import read_jsonl
+from tokenrl.runlog import read_jsonl
 from tokenrl.warmup import collate, encode_pairs, save_base
 
 # the quickstart's settings when the documented slip figures were measured (it now uses 128 x 4

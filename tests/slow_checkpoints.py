@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import tokenrl.trainer as trainer
+import tokenrl.checkpoints as checkpoints
 from tokenrl.cli import main
 
 PAUSE = float(os.environ.get("SLOW_CHECKPOINT_SECONDS", "0.2"))
-_fsync_dir = trainer._fsync_dir
+_fsync_dir = checkpoints._fsync_dir
 
 
 def slow_fsync_dir(path: Path) -> None:
@@ -27,5 +27,5 @@ def slow_fsync_dir(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    trainer._fsync_dir = slow_fsync_dir
+    checkpoints._fsync_dir = slow_fsync_dir
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -19,7 +19,7 @@ from tokenrl.config import load_config, parse_overrides
 from tokenrl.distributed import Distributed, check_divisible, combine_metrics
 from tokenrl.errors import RunError
 from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts
-from tokenrl.trainer import train
+from tokenrl.run import train
 
 TESTS = Path(__file__).parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -21,7 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tokenrl.checkpoints as checkpoints
 import tokenrl.trainer as trainer
+import tokenrl.update as update
 from tokenrl.algorithms import (
     GRPOConfig,
     SGRPOConfig,
@@ -30,15 +32,16 @@ from tokenrl.algorithms import (
     get_algorithm,
     policy_loss,
 )
+from tokenrl.checkpoints import checkpoint_dirs
 from tokenrl.cli import main
 from tokenrl.config import load_config, parse_overrides
 from tokenrl.errors import RunError
 from tokenrl.guards import RewardError, score_completions
 from tokenrl.models import LoraSpec, apply_lora, build_tiny
 from tokenrl.rollout import RolloutBatch
+from tokenrl.run import train
 from tokenrl.tasks import DataError, get_task
 from tokenrl.tasks.data import MAX_LINE_BYTES
-from tokenrl.trainer import checkpoint_dirs, train
 
 TESTS = Path(__file__).parent
 REWARD = "rewards_for_tests:half_bytes_low"
@@ -314,7 +317,7 @@ def _nan_loss_on(monkeypatch, poisoned) -> list[int]:
         calls.append(len(calls) + 1)
         return (loss * float("nan"), m) if poisoned(len(calls)) else (loss, m)
 
-    monkeypatch.setattr(trainer, "policy_loss", nan_loss)
+    monkeypatch.setattr(update, "policy_loss", nan_loss)
     return calls
 
 
@@ -546,7 +549,7 @@ def test_a_deletion_cut_short_never_leaves_a_visible_partial_checkpoint(tmp_path
         (root / f"step-00000{step}" / "adapter").mkdir(parents=True)
         (root / f"step-00000{step}" / "state.pt").write_bytes(b"x")
         (root / f"step-00000{step}" / "COMPLETE").write_text(str(step))
-    real_rmtree = trainer.shutil.rmtree
+    real_rmtree = checkpoints.shutil.rmtree
 
     def killed_while_deleting(path, *args, **kwargs):
         if Path(path).name == ".old-step-000001" and Path(path).exists():
@@ -554,16 +557,16 @@ def test_a_deletion_cut_short_never_leaves_a_visible_partial_checkpoint(tmp_path
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.shutil, "rmtree", killed_while_deleting)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_while_deleting)
     with pytest.raises(KeyboardInterrupt):
-        trainer.remove_checkpoint(root / "step-000001")
-    monkeypatch.setattr(trainer.shutil, "rmtree", real_rmtree)
+        checkpoints.remove_checkpoint(root / "step-000001")
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
     assert sorted(p.name for p in root.iterdir()) == [".old-step-000001", "step-000002"]
     assert checkpoint_dirs(tmp_path) == [root / "step-000002"]
 
     (root / "step-000003").mkdir()  # an incomplete visible folder, as older versions could leave
     (root / ".tmp-step-000004").mkdir()
-    trainer.remove_partial_checkpoints(tmp_path)
+    checkpoints.remove_partial_checkpoints(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tokenrl.cli import main
 from tokenrl.config import load_config, parse_overrides
-from tokenrl.trainer import train
+from tokenrl.run import train
 
 TESTS = Path(__file__).parent
 # A reward that a random byte-level model earns about half the time, so every group has signal.
@@ -40,8 +40,8 @@ def quick_config(*extra: str):
 
 @pytest.mark.parametrize("algo", ["grpo", "sgrpo", "tspmo"])
 def test_a_short_run_writes_every_file(tmp_path, algo):
-    extra = ["--tspmo.replay.every", "2"] if algo == "tspmo" else []
-    cfg = quick_config("--train.algo", algo, "--train.steps", "4", "--sgrpo.alpha", "2", "--sgrpo.k", "5", *extra)
+    extra = {"tspmo": ["--tspmo.replay.every", "2"], "sgrpo": ["--sgrpo.alpha", "2", "--sgrpo.k", "5"]}.get(algo, [])
+    cfg = quick_config("--train.algo", algo, "--train.steps", "4", *extra)
     summary = train(cfg, tmp_path, on_event=lambda s: None)
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "report.png", "adapter/adapter_model.safetensors"):
         assert (tmp_path / name).exists(), name
@@ -276,65 +276,3 @@ def test_shared_prompt_gives_the_same_update(tmp_path):
     # on an AMD EPYC, under 1e-5 on an Intel Xeon (entries up to ~0.09; one AdamW step moves them 1e-3)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=5e-5), k
-
-
-def test_lora_plus_ratio_scales_the_b_matrices_first_step(tmp_path):
-    # Step 1 starts from B = 0, so A gets no gradient and AdamW's first step moves each B entry
-    # by lr * g / (|g| + eps) = +-lr: with LoRA+ ratio 4, B's step is 4x as large, A stays put.
-    runs = {}
-    for ratio in ("1", "4"):
-        cfg = quick_config("--train.algo", "grpo", "--train.steps", "1", "--optim.lora_plus_ratio", ratio,
-                           "--optim.grad_clip", "none", "--train.eval_every", "0", "--task.eval_limit", "2")  # fmt: skip
-        train(cfg, tmp_path / ratio, on_event=lambda s: None)
-        runs[ratio] = _adapter(tmp_path / ratio)
-    one, four = runs["1"], runs["4"]
-    b_keys = [k for k in one if "lora_B" in k]
-    assert b_keys and all(torch.equal(one[k], four[k]) for k in one if "lora_A" in k)
-    steps = torch.cat([one[k].flatten() for k in b_keys]).abs()
-    moved = steps > 0
-    assert moved.float().mean() > 0.5
-    assert math.isclose(steps.max().item(), 1e-3, rel_tol=1e-5)  # entries with |g| near eps move less
-    assert (steps[moved] > 0.99e-3).float().mean() > 0.9
-    for k in b_keys:
-        assert torch.allclose(four[k], 4 * one[k], rtol=1e-4, atol=1e-9), k
-
-
-def test_prompt_sampler_skips_a_settled_problem_once():
-    from tokenrl.trainer import PromptSampler
-
-    plain, skipping = PromptSampler(6, seed=3), PromptSampler(6, seed=3, skip_settled=True)
-    first = skipping.take(6)
-    assert first == plain.take(6)  # one whole pass, the same order either way
-    second = PromptSampler(6, seed=3).take(12)[6:]  # the next pass's order
-    settled = [second[0], second[2]]
-    for s in (plain, skipping):
-        s.record(first, [i in settled for i in first])
-    assert plain.settled == set() and skipping.settled == set(settled)
-    assert plain.take(6) == second
-    assert skipping.take(4) == [i for i in second if i not in settled]  # each settled one passed over...
-    assert skipping.settled == set()
-    assert skipping.take(6) == plain.take(6)  # ...once: the pass after draws them again
-    # marked settled, then scored with signal: no longer skipped
-    skipping.record([1, 2], [True, True])
-    skipping.record([1], [False])
-    state = skipping.state_dict()
-    assert state["settled"] == [2]
-    again = PromptSampler(6, seed=3, skip_settled=True)
-    again.load_state_dict(state)
-    assert again.take(5) == skipping.take(5)
-    # every problem settled: the sampler still draws (each is passed over only while others remain)
-    tiny = PromptSampler(2, seed=0, skip_settled=True)
-    tiny.record([0, 1], [True, True])
-    assert len(tiny.take(3)) == 3
-
-
-def test_a_step_marks_the_groups_that_all_scored_the_same(tmp_path):
-    from tokenrl.trainer import PromptSampler, build_trainer, train_step
-
-    cfg = quick_config("--rollout.skip_settled", "true", "--rollout.prompts_per_step", "3",
-                       "--task.reward", "rewards_for_tests:even_problems_right")  # fmt: skip
-    tr = build_trainer(cfg, tmp_path)
-    ids = PromptSampler(len(tr.train_examples), cfg.train.seed).take(3)
-    train_step(tr)
-    assert tr.sampler.settled == set(ids)  # every group scored 4 x 1 or 4 x 0
-    assert tr.sampler.state_dict()["settled"] == sorted(ids)

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tokenrl.errors import UsageError
+
 # Before torch is imported: OpenMP spin-waiting makes small models 50x slower on busy cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -31,10 +33,6 @@ def spin_while_alone() -> bool:
         return False
     os.environ["GOMP_SPINCOUNT"] = ALONE_SPINCOUNT
     return True
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one message, exit status 2."""
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
@@ -280,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UsageError(f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to replace it, or another --out")
     except ConfigError as err:
         raise UsageError(str(err)) from None
-    from tokenrl.trainer import train
+    from tokenrl.run import train
 
     setup_torch(args)
     # --overwrite empties the folder only once the data and model have loaded

@@ -8,7 +8,7 @@ from typing import Any
 
 from tokenrl.errors import RunError
 from tokenrl.report import plot_runs
-from tokenrl.trainer import read_jsonl
+from tokenrl.runlog import read_jsonl
 
 
 def load_run(run: Path) -> dict[str, Any]:

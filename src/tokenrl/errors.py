@@ -5,6 +5,14 @@ from __future__ import annotations
 import errno
 
 
+class UsageError(Exception):
+    """Bad input from the user: printed as one message, exit status 2."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message says what is wrong and how to fix it."""
+
+
 class RunError(RuntimeError):
     """A run folder problem (exists, missing, corrupt); the message says what to do."""
 

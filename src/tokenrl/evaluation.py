@@ -1,7 +1,7 @@
 """Held-out accuracy: greedy accuracy with a Wilson 95% interval, or pass@k when sampling.
 
 Used by ``tokenrl eval`` and by the trainer's periodic evaluation, so both report the same
-numbers. Generation goes through :func:`tokenrl.rollout.generate_rollouts`.
+numbers. Generation goes through a rollout engine (:mod:`tokenrl.engines`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokenrl.rollout import SamplingConfig, generate_rollouts
+from tokenrl.engines import Engine, make_engine
+from tokenrl.rollout import SamplingConfig
 from tokenrl.stats import mean_pass_at_k, wilson_interval
 from tokenrl.tasks import Example, Task
 
@@ -57,9 +58,13 @@ def evaluate(
     temperature: float = 1.0,
     batch_size: int = 64,
     on_progress: Callable[[int], None] | None = None,
+    engine: Engine | None = None,
 ) -> EvalResult:
-    """Accuracy of ``model`` on ``examples``: greedy when ``samples == 1``, else pass@k sampling."""
+    """Accuracy of ``model`` on ``examples``: greedy when ``samples == 1``, else pass@k sampling.
+
+    ``engine`` samples the completions (default: the shared-prefix engine on ``model``)."""
     task = task.resolved(tokenizer)
+    engine = engine or make_engine("shared", model, tokenizer)
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -74,8 +79,11 @@ def evaluate(
     t0 = time.perf_counter()
     for start in range(0, len(examples), per_call):
         chunk = examples[start : start + per_call]
-        prompts = [task.render_prompt(e, tokenizer) for e in chunk]
-        batch = generate_rollouts(model, tokenizer, prompts, sampling, group_size=samples)
+        prompt_ids = [
+            tokenizer(task.render_prompt(e, tokenizer), add_special_tokens=False)["input_ids"]
+            for e in chunk
+        ]
+        batch = engine.generate(prompt_ids, sampling, group_size=samples)
         for row, text in enumerate(batch.texts):
             ex = chunk[row // samples]
             n_tok = int(batch.completion_mask[row].sum())

@@ -460,7 +460,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
     from tokenrl.report import plot_runs
-    from tokenrl.trainer import read_jsonl, write_atomic
+    from tokenrl.runlog import read_jsonl, write_atomic
 
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_atomic(out / "report.md", report_markdown(report))

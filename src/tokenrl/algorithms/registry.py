@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from tokenrl.algorithms.advantages import group_advantages, zero_std_fraction
+from tokenrl.algorithms.advantages import group_advantages
 from tokenrl.algorithms.losses import AGGREGATIONS, LossInputs, make_loss_inputs
-from tokenrl.algorithms.replay import ReplayConfig
+from tokenrl.algorithms.replay import Replay, ReplayConfig
 from tokenrl.algorithms.selectors import SELECTORS, run_selector, run_selector_by_group
 from tokenrl.algorithms.trie import WEIGHTINGS, group_pairs, pairs_to_token_tensors
 from tokenrl.rollout import RolloutBatch
@@ -30,6 +30,15 @@ from tokenrl.rollout import RolloutBatch
 
 def _fail(what: str, why: str, fix: str) -> None:
     raise ValueError(f"{what}: {why}. Fix: {fix}")
+
+
+def _check_std_eps(std_eps: float) -> None:
+    if std_eps < 0:
+        _fail(
+            f"std_eps={std_eps} is negative",
+            "it guards the division by the reward std",
+            "use a small positive value such as 1e-4",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,12 +126,7 @@ class GRPOConfig(PolicyLossConfig):
                 "it picks the tokens of the loss",
                 f"choose one of {', '.join(sorted(SELECTORS))} or call register_selector first",
             )
-        if self.std_eps < 0:
-            _fail(
-                f"std_eps={self.std_eps} is negative",
-                "it guards the division by the reward std",
-                "use a small positive value such as 1e-4",
-            )
+        _check_std_eps(self.std_eps)
 
 
 @dataclass
@@ -179,6 +183,7 @@ class SGRPOConfig(PolicyLossConfig):
                 "exceed it and no later token could be drawn",
                 "use k >= alpha (k == alpha keeps a fixed prefix)",
             )
+        _check_std_eps(self.std_eps)
 
 
 @dataclass
@@ -218,12 +223,7 @@ class TSPMOConfig(PolicyLossConfig):
                 "it sets how much each pair counts",
                 f"choose one of {', '.join(WEIGHTINGS)}",
             )
-        if self.std_eps < 0:
-            _fail(
-                f"std_eps={self.std_eps} is negative",
-                "it guards the division by the reward std",
-                "use a small positive value such as 1e-4",
-            )
+        _check_std_eps(self.std_eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +280,6 @@ def prepare_group(
         {
             "tokens/update_frac": update_mask.sum().item() / n_tokens,
             "tokens/forward_frac": _forward_frac(inputs.logprob_mask, batch.completion_mask),
-            "reward/zero_std_frac": zero_std_fraction(rewards, G),
             "adv/abs_mean": advantages.abs().mean().item(),
         }
     )
@@ -330,7 +329,6 @@ def prepare_tspmo(
             "tokens/nonzero_adv_frac": credit.nonzero_adv_tokens / n_tokens,
             "tokens/forward_frac": _forward_frac(inputs.logprob_mask, batch.completion_mask),
             "tspmo/pairs": float(credit.num_pairs),
-            "reward/zero_std_frac": zero_std_fraction(rewards, G),
         }
     )
     return inputs
@@ -340,9 +338,15 @@ def prepare_tspmo(
 # the registry
 
 
+def tspmo_replay(cfg: TSPMOConfig, seed: int) -> Replay | None:
+    """T-SPMO's replay groups (``tspmo.replay``), or None when ``replay.every`` is 0."""
+    return Replay(cfg.replay, seed) if cfg.replay.every > 0 else None
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """An algorithm by name: its config class and its credit-assignment step."""
+    """An algorithm by name: its config class, its credit-assignment step and, optionally, a
+    source of extra prompts for each step (``replay(cfg, seed) -> Replay | None``)."""
 
     name: str
     config_cls: type[PolicyLossConfig]
@@ -351,6 +355,7 @@ class Algorithm:
         LossInputs,
     ]
     description: str
+    replay: Callable[[Any, int], Replay | None] | None = None
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -361,7 +366,11 @@ ALGORITHMS: dict[str, Algorithm] = {
         "sgrpo", SGRPOConfig, prepare_group, "S-GRPO: alpha early tokens + Bernoulli(p) up to k"
     ),
     "tspmo": Algorithm(
-        "tspmo", TSPMOConfig, prepare_tspmo, "T-SPMO: (prefix, token) pairs of the group's trie"
+        "tspmo",
+        TSPMOConfig,
+        prepare_tspmo,
+        "T-SPMO: (prefix, token) pairs of the group's trie",
+        replay=tspmo_replay,
     ),
 }
 

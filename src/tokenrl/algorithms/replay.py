@@ -208,3 +208,63 @@ def sample_replay_prefixes(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class ReplayPrompt:
+    """One replay group for the step: continue ``input_ids`` (prompt + a stored prefix)."""
+
+    prompt_key: str  # the problem (scored against its gold answer)
+    input_ids: list[int]
+    prefix_ids: list[int]  # the completion prefix inside input_ids; scored with the completion
+
+
+class Replay:
+    """T-SPMO's replay as the algorithm's hook into the trainer (``Algorithm.replay``).
+
+    Each step the trainer asks :meth:`prompts` for extra groups to sample beside the fresh ones
+    (every ``cfg.every`` steps, once something is stored), and hands the scored fresh rollouts to
+    :meth:`observe`. The draws use a generator seeded once from the run's seed, the same on every
+    rank of a data-parallel run (all ranks observe all rollouts), so every rank draws the same
+    list. :meth:`state_dict` holds only tensors and plain lists (a safe checkpoint).
+    """
+
+    def __init__(self, cfg: ReplayConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.buffer = ReplayBuffer.from_config(cfg)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def prompts(self, step: int, total_steps: int) -> list[ReplayPrompt]:
+        """The replay groups of step ``step`` (0-based) of ``total_steps``: none on most steps."""
+        if (step + 1) % self.cfg.every or not len(self.buffer):
+            return []
+        progress = step / max(total_steps - 1, 1)
+        prefixes = sample_replay_prefixes(
+            self.buffer,
+            self.cfg.groups_per_step,
+            self.cfg,
+            progress=progress,
+            generator=self.generator,
+        )
+        return [
+            ReplayPrompt(p.prompt_key, p.input_ids, list(p.source.completion_ids[: p.cut]))
+            for p in prefixes
+        ]
+
+    def observe(self, items: list[tuple[str, list[int], list[int], float]]) -> None:
+        """Store fresh rollouts, as :func:`rollout_items` gives them (every rank's, in order)."""
+        for item in items:
+            self.buffer.add(*item)
+
+    def state_dict(self) -> dict:
+        items = [
+            [i.prompt_key, list(i.prompt_ids), list(i.completion_ids), i.reward]
+            for i in self.buffer.items
+        ]
+        return {"generator": self.generator.get_state(), "items": items}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.buffer = ReplayBuffer.from_config(self.cfg)
+        for key, prompt_ids, completion_ids, reward in state["items"]:
+            self.buffer.add(key, prompt_ids, completion_ids, reward)

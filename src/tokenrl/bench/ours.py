@@ -125,7 +125,8 @@ def step_config(w: Workload, algo: str, *, device: str, dtype: str, steps: int, 
 def run_step(
     w: Workload, algo: str, *, device: str, dtype: str, warmup: int, repeats: int, seed: int = 0
 ) -> dict[str, Any]:
-    from tokenrl.trainer import build_trainer, train_step
+    from tokenrl.step import train_step
+    from tokenrl.trainer import build_trainer
 
     cfg = step_config(w, algo, device=device, dtype=dtype, steps=warmup + repeats, seed=seed)
     with tempfile.TemporaryDirectory(prefix="tokenrl-bench-") as out:

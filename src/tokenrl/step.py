@@ -1,0 +1,167 @@
+"""One training step, top to bottom: prompts -> engine.generate -> score -> algorithm.prepare
+-> update -> metrics.
+
+In a data-parallel run every rank draws the same global prompt list and keeps its slice; a
+group's global index keys its randomness (sampling and token selection), so the ranks together
+sample and select what one process would (docs/distributed.md). The few collective calls sit in
+the phases that need them: the loss coefficients (:func:`prepare`), the gradients
+(:func:`tokenrl.update.update_policy`) and the metrics (:func:`finish`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokenrl.algorithms.advantages import settled_groups
+from tokenrl.algorithms.losses import LossInputs, aggregation_denominator, rescale_coefficients
+from tokenrl.algorithms.replay import rollout_items
+from tokenrl.guards import score_completions
+from tokenrl.rollout import RolloutBatch, derive_seed, select_rows
+from tokenrl.runlog import peak_rss_mb, write_samples
+from tokenrl.tasks import Example
+from tokenrl.trainer import Trainer
+from tokenrl.update import update_policy
+
+
+@dataclass
+class StepPrompts:
+    """This rank's prompts of one step: fresh problems first, then the algorithm's extra ones."""
+
+    ids: list[int]  # the step's global list of fresh problems (indices into train_examples)
+    examples: list[Example]  # this rank's groups
+    token_ids: list[list[int]]  # each group's prompt (a replay group: prompt + stored prefix)
+    prefixes: list[str]  # text in front of each group's completions when scored ("" if fresh)
+    global_index: list[int]  # each group's index in the step's global list (keys its randomness)
+    n_fresh: int  # this rank's fresh groups (the first n_fresh)
+
+
+def train_step(tr: Trainer) -> dict[str, Any]:
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    prompts = draw_prompts(tr)
+    seeds = [derive_seed(tr.cfg.train.seed, tr.step, "rollout", i) for i in prompts.global_index]
+    batch = tr.engine.generate(
+        prompts.token_ids, tr.sampling, group_size=tr.cfg.rollout.group_size, seeds=seeds
+    )
+    t_gen = time.perf_counter()
+    rewards, reward_errors = score(tr, prompts, batch)
+    t_score = time.perf_counter()
+    inputs = prepare(tr, prompts, batch, rewards)
+    if tr.lm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    update = update_policy(tr, batch, inputs)
+    with warnings.catch_warnings():  # a skipped update (no signal) still advances the schedule
+        warnings.simplefilter("ignore", UserWarning)
+        tr.scheduler.step()
+    tr.engine.sync(tr.model)
+    t_update = time.perf_counter()
+    times = {
+        "time/generate": t_gen - t0,
+        "time/score": t_score - t_gen,
+        "time/update": t_update - t_score,
+        "time/step": t_update - t0,
+        "cpu/step_seconds": time.process_time() - cpu0,  # all threads of this process
+    }
+    return finish(tr, prompts, batch, rewards, inputs, {**update, **times, "reward/errors": reward_errors})
+
+
+def draw_prompts(tr: Trainer) -> StepPrompts:
+    """Fresh problems from the sampler, plus the algorithm's extra groups (T-SPMO replay)."""
+    tok = tr.lm.tokenizer
+    ids = tr.sampler.take(tr.cfg.rollout.prompts_per_step)
+    lo, hi = tr.dist.shard(len(ids))
+    examples = [tr.train_examples[i] for i in ids[lo:hi]]
+    token_ids = [
+        tok(tr.task.render_prompt(e, tok), add_special_tokens=False)["input_ids"] for e in examples
+    ]
+    prompts = StepPrompts(ids, examples, token_ids, [""] * len(examples), list(range(lo, hi)), len(examples))
+    if tr.replay is not None:
+        extra = tr.replay.prompts(tr.step, tr.cfg.train.steps)  # the same list on every rank
+        by_id = {e.id: e for e in tr.train_examples}
+        r_lo, r_hi = tr.dist.shard(len(extra))
+        for j, rp in enumerate(extra[r_lo:r_hi], start=r_lo):
+            prompts.global_index.append(len(ids) + j)
+            prompts.examples.append(by_id[rp.prompt_key])
+            prompts.token_ids.append(rp.input_ids)
+            prompts.prefixes.append(tok.decode(rp.prefix_ids, skip_special_tokens=True))
+    return prompts
+
+
+def score(tr: Trainer, prompts: StepPrompts, batch: RolloutBatch) -> tuple[torch.Tensor, int]:
+    """Rewards [B] and the count of failed reward calls. A replayed completion is scored with
+    its prefix in front; a reward function that raises or returns a non-finite value stops the
+    run or scores 0 (``task.reward_errors``)."""
+    rows = [int(i) for i in batch.prompt_index]
+    scores, errors = score_completions(
+        tr.reward_fn,
+        [prompts.prefixes[i] + text for i, text in zip(rows, batch.texts)],
+        [prompts.examples[i] for i in rows],
+        on_error=tr.cfg.task.reward_errors,
+    )
+    return torch.tensor(scores, dtype=torch.float32), errors
+
+
+def prepare(
+    tr: Trainer, prompts: StepPrompts, batch: RolloutBatch, rewards: torch.Tensor
+) -> LossInputs:
+    """Credit assignment and token selection by the algorithm (one generator per group), with
+    the loss coefficients scaled to the whole batch when this rank holds part of it."""
+    seed, step = tr.cfg.train.seed, tr.step
+    generators = [
+        torch.Generator().manual_seed(derive_seed(seed, step, "select", i))
+        for i in prompts.global_index
+    ]
+    inputs = tr.algorithm.prepare(batch, rewards, tr.cfg.algo_config(), generators)
+    local = aggregation_denominator(inputs.aggregation, inputs.update_mask, inputs.token_weights)
+    return rescale_coefficients(inputs, local, tr.dist.sum(local))
+
+
+def finish(
+    tr: Trainer,
+    prompts: StepPrompts,
+    batch: RolloutBatch,
+    rewards: torch.Tensor,
+    inputs: LossInputs,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Hand the fresh rollouts to the algorithm's replay, advance the step, and return the
+    metrics over the rows of every rank (replay groups have their own reward scale: the reward
+    metrics count fresh groups only)."""
+    fresh = batch.prompt_index < prompts.n_fresh  # [B]
+    if tr.replay is not None:
+        fresh_rows = select_rows(batch, fresh.nonzero().squeeze(1))
+        keys = [e.id for e in prompts.examples]
+        tr.replay.observe(tr.dist.cat_lists(rollout_items(fresh_rows, rewards[fresh], keys)))
+    tr.step += 1
+    rows, n_tokens = len(batch.texts), int(batch.completion_mask.sum())
+    all_rewards, lengths, truncated, fresh = tr.dist.cat(
+        rewards, batch.completion_lengths.float(), batch.truncated, fresh
+    )
+    fresh_rewards = all_rewards[fresh]
+    settled = settled_groups(fresh_rewards, tr.cfg.rollout.group_size)  # every rank's fresh groups
+    metrics: dict[str, Any] = {
+        "step": tr.step,
+        "reward/mean": fresh_rewards.mean().item(),
+        "reward/std": fresh_rewards.std().item() if fresh_rewards.numel() > 1 else 0.0,
+        "reward/replay_mean": all_rewards[~fresh].mean().item() if bool((~fresh).any()) else None,
+        "reward/errors": extra.pop("reward/errors"),
+        "completion/mean_tokens": lengths.mean().item(),
+        "completion/max_tokens": lengths.max().item(),
+        "completion/truncated_frac": truncated.float().mean().item(),
+        "replay/groups": len(prompts.examples) - prompts.n_fresh,
+        **inputs.metrics,
+        "reward/zero_std_frac": settled.float().mean().item(),
+        **extra,
+        "optim/lr": tr.scheduler.get_last_lr()[0],
+        "memory/peak_rss_mb": peak_rss_mb(),
+    }
+    if tr.lm.device.type == "cuda":
+        metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    metrics = tr.dist.combine(metrics, rows=rows, tokens=n_tokens)  # each rank's share -> whole batch
+    if tr.cfg.log.samples_every and tr.step % tr.cfg.log.samples_every == 0 and tr.dist.is_main:
+        write_samples(tr, batch, rewards, prompts.examples, prompts.prefixes)
+    return metrics
