@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenrl.cli import main, spin_while_alone
+from tokenrl.cli import main
+from tokenrl.machine import apply_thread_policy
 from tokenrl.config import load_config, save_config
 from tokenrl.errors import RunError
 from tokenrl.models import build_tiny
@@ -70,14 +71,20 @@ def test_quickstart_refuses_a_non_empty_out_and_bad_flags(tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "abcde")
 
 
-def test_the_warm_up_spins_only_before_torch_loads_and_never_over_the_users_value(monkeypatch):
+def test_the_thread_policy_acts_only_before_torch_loads_and_never_over_the_users_value(monkeypatch):
     env: dict[str, str] = {}
     monkeypatch.setattr("os.environ", env)
-    assert not spin_while_alone() and env == {}  # torch is loaded in this process: too late
+    apply_thread_policy(spin=True)
+    assert env == {}  # torch is loaded in this process: too late
     monkeypatch.delitem(sys.modules, "torch")
-    assert spin_while_alone() and env == {"GOMP_SPINCOUNT": "10000"}
-    env["GOMP_SPINCOUNT"] = "0"  # the user's own value stays
-    assert not spin_while_alone() and env == {"GOMP_SPINCOUNT": "0"}
+    policy = apply_thread_policy(spin=False)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"} and policy["OMP_WAIT_POLICY"] == "PASSIVE"
+    apply_thread_policy(spin=True)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
+    env.clear()
+    env.update({"GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "ACTIVE"})  # the user's own values stay
+    apply_thread_policy(spin=True)
+    assert env == {"GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "ACTIVE"}
 
 
 def test_methods_at_once_do_not_inherit_the_warm_ups_spinning(tmp_path, monkeypatch):

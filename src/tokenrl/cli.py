@@ -9,31 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenrl.errors import UsageError
-
-# Before torch is imported: OpenMP spin-waiting makes small models 50x slower on busy cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-ALONE_SPINCOUNT = "10000"
-"""GOMP_SPINCOUNT of a process that has the cores to itself (see :func:`spin_while_alone`)."""
-
-
-def spin_while_alone() -> bool:
-    """Let this process's idle OpenMP threads spin ``ALONE_SPINCOUNT`` times before sleeping.
-
-    For the quickstart, whose supervised warm-up runs alone on every core: on an idle machine its
-    steps ran 1.45-1.69x faster than with threads that sleep at once (PASSIVE), but 1.8-2.1x
-    slower beside a busy core (``benchmarks/wait_policy.py``; docs/quickstart.md), where the
-    user sets GOMP_SPINCOUNT=0.
-
-    libgomp reads GOMP_SPINCOUNT (it overrides OMP_WAIT_POLICY) once, when torch loads it, so
-    this only acts before torch is imported, and never replaces a value the user set. Returns
-    whether it set it.
-    """
-    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ:
-        return False
-    os.environ["GOMP_SPINCOUNT"] = ALONE_SPINCOUNT
-    return True
-
+from tokenrl.machine import apply_thread_policy
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
@@ -445,8 +421,8 @@ def _unknown_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["quickstart"]:
-        spin_while_alone()  # before build_parser, which imports torch
+    # before build_parser, which imports torch: the quickstart's warm-up runs alone on the cores
+    apply_thread_policy(spin=argv[:1] == ["quickstart"])
     parser = build_parser()
     argv, extra = _unknown_dotted(argv) if argv[:1] == ["train"] else (argv, [])
     args = parser.parse_args(argv)

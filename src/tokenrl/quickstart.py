@@ -349,7 +349,7 @@ def machine() -> dict[str, Any]:
     included) differ between CPU models, whose float kernels round differently."""
     import torch
 
-    from tokenrl.bench.measure import cpu_model
+    from tokenrl.machine import cpu_model
 
     return {
         "platform": platform.platform(),

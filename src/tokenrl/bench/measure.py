@@ -10,7 +10,6 @@ CUDA: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import threading
 import time
@@ -18,6 +17,7 @@ from importlib import metadata
 from typing import Any
 
 from tokenrl.heap import release_free_heap
+from tokenrl.machine import cpu_model, machine_info, versions  # noqa: F401  (the benchmarks' imports)
 
 
 class RssSampler:
@@ -101,59 +101,6 @@ def timing_summary(times: dict[str, list[float]]) -> dict[str, Any]:
     for name, values in times.items():
         out[f"{name}_median_s"] = statistics.median(values)
         out[f"{name}_min_max_s"] = [min(values), max(values)]
-    return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what `platform` knows (e.g. x86_64)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """CPU model, cores, RAM, OS; the GPU name and memory when ``device`` is CUDA."""
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "ram_gib": _ram_gib(),
-        "os": platform.platform(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        import torch
-
-        props = torch.cuda.get_device_properties(torch.device(device))
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-    return info
-
-
-def versions() -> dict[str, str | None]:
-    """Versions of python and of the libraries the numbers depend on (None = not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "accelerate", "trl", "tokenrl"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
     return out
 
 
