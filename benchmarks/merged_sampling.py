@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
 from tokenrl.bench.measure import machine_info, timing_summary, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model, lora_merged  # noqa: E402
-from tokenrl.quickstart import DEFAULT_MODEL  # noqa: E402
+from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
 
 

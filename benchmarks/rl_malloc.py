@@ -25,7 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tokenrl.quickstart import ALGOS, QuickstartPlan, child_env
+from tokenrl.recipes.quickstart.plan import ALGOS, QuickstartPlan
+from tokenrl.recipes.quickstart.run import child_env
 
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),

@@ -29,7 +29,7 @@ from tokenrl.algorithms import completion_logprobs, get_algorithm, policy_loss  
 from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
 from tokenrl.bench.measure import PhaseMeter, machine_info, timing_summary, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model  # noqa: E402
-from tokenrl.quickstart import DEFAULT_MODEL  # noqa: E402
+from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import RolloutBatch  # noqa: E402
 
 MODES = ("whole", "shared", "checkpointed")

@@ -29,9 +29,10 @@ import torch
 
 from tokenrl.evaluation import evaluate
 from tokenrl.models import build_tiny
-from tokenrl.quickstart import DEFAULT_MODEL, QuickstartPlan, train_method
+from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL, QuickstartPlan
+from tokenrl.recipes.quickstart.run import train_method
+from tokenrl.recipes.quickstart.warmup import collate, encode_pairs, save_base
 from tokenrl.runlog import read_jsonl
-from tokenrl.warmup import collate, encode_pairs, save_base
 
 # the quickstart's settings when the documented slip figures were measured (it now uses 128 x 4
 # groups and at most 5 new tokens; a slipped answer such as "35640" plus its newline needs 6)

@@ -3,7 +3,7 @@
     python benchmarks/wait_policy.py                  # idle machine and one busy core
     python benchmarks/wait_policy.py --steps 20 --rounds 3 --json
 
-The warm-up (tokenrl.warmup) runs alone in the quickstart's own process, with every core.
+The warm-up (tokenrl.recipes.quickstart.warmup) runs alone in the quickstart's own process, with every core.
 OpenMP's worker threads either sleep as soon as a parallel region ends (OMP_WAIT_POLICY=PASSIVE,
 what `tokenrl` sets by default because spinning threads slow small models badly when other work
 shares the cores) or spin for a while first (GOMP_SPINCOUNT iterations; libgomp's default when
@@ -40,8 +40,8 @@ def worker(steps: int, threads: int) -> None:
     import torch
 
     from tokenrl.models import build_tiny
-    from tokenrl.quickstart import QuickstartPlan
-    from tokenrl.warmup import collate, encode_pairs
+    from tokenrl.recipes.quickstart.plan import QuickstartPlan
+    from tokenrl.recipes.quickstart.warmup import collate, encode_pairs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

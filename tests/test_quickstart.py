@@ -4,7 +4,6 @@ not timed here), and the warm-up's pieces with hand-checked values."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -14,13 +13,21 @@ import pytest
 import torch
 
 from tokenrl.cli import main
-from tokenrl.machine import apply_thread_policy
 from tokenrl.config import load_config, save_config
 from tokenrl.errors import RunError
+from tokenrl.machine import apply_thread_policy
 from tokenrl.models import build_tiny
-from tokenrl.quickstart import ALGOS, MethodRun, QuickstartPlan, child_env, last_step, train_methods
+from tokenrl.recipes.quickstart.plan import ALGOS, QuickstartPlan
+from tokenrl.recipes.quickstart.run import MethodRun, child_env, last_step, train_methods
+from tokenrl.recipes.quickstart.warmup import (
+    IGNORE,
+    WarmupConfig,
+    collate,
+    encode_pairs,
+    save_base,
+    supervised_warmup,
+)
 from tokenrl.tasks import get_task
-from tokenrl.warmup import IGNORE, WarmupConfig, collate, encode_pairs, save_base, supervised_warmup
 
 METHOD_KEYS = {"accuracy", "ci95", "gain_points", "tokens_update_frac", "peak_rss_mb", "train_seconds", "cpu_seconds",
                "wall_seconds", "run_dir"}
@@ -149,7 +156,7 @@ def test_train_methods_keeps_at_most_jobs_running_and_returns_them_in_order(tmp_
     pause = {"grpo": 0.1, "sgrpo": 3.0, "tspmo": 0.1}  # sgrpo still runs when grpo's end is seen
     commands = {a: f"import time; time.sleep({pause[a]}); " + write.format(d=tmp_path / a, a=a) for a in ALGOS}
     plan = QuickstartPlan(out=tmp_path, jobs=2)
-    monkeypatch.setattr("tokenrl.quickstart.start_method", _fake_start(plan, commands, started))
+    monkeypatch.setattr("tokenrl.recipes.quickstart.run.start_method", _fake_start(plan, commands, started))
     seen: list[dict[str, int]] = []
     results = train_methods(plan, "base", seen.append)
     assert list(results) == list(ALGOS) and all(results[a]["algo"] == a for a in ALGOS)
@@ -167,7 +174,7 @@ def test_a_failed_method_stops_the_others_and_raises_with_its_log(tmp_path, monk
         "tspmo": "import time; time.sleep(60)",
     }
     plan = QuickstartPlan(out=tmp_path)  # all three at once
-    monkeypatch.setattr("tokenrl.quickstart.start_method", _fake_start(plan, commands, started))
+    monkeypatch.setattr("tokenrl.recipes.quickstart.run.start_method", _fake_start(plan, commands, started))
     t0 = time.perf_counter()
     with pytest.raises(RunError, match=r"grpo training failed \(exit status 3\)[\s\S]*bad config, say"):
         train_methods(plan, "base", lambda steps: None)
@@ -208,37 +215,6 @@ def test_warmup_config_rejects_bad_values():
         WarmupConfig(target_accuracy=1.5)
     with pytest.raises(ValueError, match="lr"):
         WarmupConfig(lr=0)
-    with pytest.raises(ValueError, match="lr_warmup"):
-        WarmupConfig(lr_warmup=-1)
-    with pytest.raises(ValueError, match="grad_clip"):
-        WarmupConfig(grad_clip=0)
-
-
-def test_warmup_ramps_the_lr_and_clips(monkeypatch):
-    torch.manual_seed(0)
-    model, tok = build_tiny("tiny")
-    task = get_task("multiplication:2x1", style="compact", n_train=300, n_test=50).resolved(tok)
-    before = [p.detach().clone() for p in model.parameters()]
-    clipped: list[float] = []
-    clip = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda ps, max_norm: clipped.append(max_norm) or clip(ps, max_norm))
-    cfg = WarmupConfig(max_steps=1, check_every=5, validation=50, lr=2e-3, lr_warmup=4, grad_clip=0.5)
-    supervised_warmup(model, tok, task, cfg)
-    # AdamW's first step moves each weight by lr_1 * g / (|g| + eps), lr_1 = lr * 1/4 on the ramp
-    moved = max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True))
-    assert math.isclose(moved, 2e-3 / 4, rel_tol=1e-4)
-    assert clipped == [0.5]
-
-
-def test_warmup_lr_benchmark_reports_the_steps(tmp_path):
-    script = Path(__file__).parent.parent / "benchmarks" / "warmup_lr.py"
-    args = ["--seed", "1", "--threads", "1", "--set", "max_steps=4", "--set", "check_every=2", "--set", "lr_warmup=2"]
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["steps"] == 4 and out["lr_warmup"] == 2 and [s for s, _ in out["last_checks"]] == [2, 4]
-    bad = subprocess.run([sys.executable, str(script), "--set", "bogus=1"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "not a WarmupConfig field" in bad.stderr
 
 
 def test_wait_policy_benchmark_times_each_variant_against_passive():

@@ -46,12 +46,6 @@ class WarmupConfig:
     lr: float = 1e-3
     """AdamW learning rate (constant); 2e-3 diverged in our runs on the default tiny model."""
 
-    lr_warmup: int = 0
-    """Steps of a linear ramp of the learning rate from lr / lr_warmup up to lr (0 = none)."""
-
-    grad_clip: float | None = None
-    """Clip the global gradient norm to this value before each step (None = no clipping)."""
-
     batch_size: int = 64
     """Problems per step, drawn uniformly with replacement from the train split."""
 
@@ -67,10 +61,6 @@ class WarmupConfig:
             raise ValueError("warm-up check_every and validation must be >= 1")
         if self.lr <= 0:
             raise ValueError(f"warm-up lr must be > 0, got {self.lr}")
-        if self.lr_warmup < 0:
-            raise ValueError(f"warm-up lr_warmup must be >= 0, got {self.lr_warmup}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"warm-up grad_clip must be > 0 (or None), got {self.grad_clip}")
         if self.batch_size < 1:
             raise ValueError(f"warm-up batch_size must be >= 1, got {self.batch_size}")
 
@@ -132,8 +122,6 @@ def supervised_warmup(
     max_answer = max(len(a) for _, a in pairs) + 1
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    ramp = cfg.lr_warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / ramp) if ramp else 1.0)
     draws = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     loss_value, accuracy, step = float("nan"), None, 0
@@ -144,10 +132,7 @@ def supervised_warmup(
         loss = model(**collate([pairs[i] for i in idx], pad)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        scheduler.step()
         step += 1
         loss_value = loss.item()
         checked = None
