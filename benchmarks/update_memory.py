@@ -121,13 +121,10 @@ def make_update(algo: str, model, batch, rewards, args: argparse.Namespace):
     """Return (update function doing forward + backward, info dict)."""
     import torch
 
-    from tokenrl.algorithms import (
-        completion_logprobs,
-        full_logits_logprobs,
-        get_algorithm,
-        grpo_loss,
-        policy_loss,
-    )
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from reference import full_logits_logprobs, grpo_loss  # the naive baseline, kept with the tests
+
+    from tokenrl.algorithms import completion_logprobs, get_algorithm, policy_loss
     from tokenrl.algorithms.advantages import group_advantages
 
     P = batch.prompt_ids.shape[1]

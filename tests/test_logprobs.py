@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import full_logits_logprobs
 
 from tokenrl.algorithms import (
     completion_logprobs,
-    full_logits_logprobs,
     head_logprobs,
     reference_logprobs,
     selective_logprobs,

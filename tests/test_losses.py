@@ -6,15 +6,14 @@ import math
 
 import pytest
 import torch
+from reference import grpo_loss, sgrpo_loss
 
 from tokenrl.algorithms import (
     AGGREGATIONS,
     clipped_objective,
-    grpo_loss,
     k3_kl,
     make_loss_inputs,
     policy_loss,
-    sgrpo_loss,
     sgrpo_select,
 )
 

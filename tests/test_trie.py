@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from reference import tspmo_loss
 
 from tokenrl.algorithms import (
     PrefixPair,
@@ -13,7 +14,6 @@ from tokenrl.algorithms import (
     get_algorithm,
     group_pairs,
     pairs_to_token_tensors,
-    tspmo_loss,
 )
 from tokenrl.rollout import RolloutBatch
 

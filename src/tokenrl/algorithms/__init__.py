@@ -13,7 +13,6 @@ One training step uses them in this order (see docs/algorithms.md)::
 from tokenrl.algorithms.advantages import group_advantages, zero_std_fraction
 from tokenrl.algorithms.logprobs import (
     completion_logprobs,
-    full_logits_logprobs,
     head_logprobs,
     mask_position_ids,
     reference_logprobs,
@@ -24,15 +23,12 @@ from tokenrl.algorithms.losses import (
     LossInputs,
     clipped_objective,
     constant_coef,
-    grpo_loss,
     k3_kl,
     make_loss_inputs,
     pg_objective,
     policy_loss,
     seq_mean_coef,
-    sgrpo_loss,
     token_mean_coef,
-    tspmo_loss,
     weighted_policy_loss,
 )
 from tokenrl.algorithms.registry import (
@@ -84,12 +80,10 @@ __all__ = [
     "completion_logprobs",
     "constant_coef",
     "cut_position",
-    "full_logits_logprobs",
     "get_algorithm",
     "group_advantages",
     "group_pairs",
     "head_logprobs",
-    "grpo_loss",
     "k3_kl",
     "make_loss_inputs",
     "mask_position_ids",
@@ -104,10 +98,8 @@ __all__ = [
     "select_all",
     "selective_logprobs",
     "seq_mean_coef",
-    "sgrpo_loss",
     "sgrpo_select",
     "token_mean_coef",
-    "tspmo_loss",
     "weighted_policy_loss",
     "zero_std_fraction",
 ]

@@ -273,21 +273,3 @@ def reference_logprobs(
         )
     with torch.no_grad(), model.disable_adapter():
         return completion_logprobs(model, batch, token_mask, chunk_size=chunk_size, share_prompt=share_prompt)
-
-
-def full_logits_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Naive reference: ``model(...).logits`` -> log_softmax -> gather; builds [B, L, V].
-
-    For tests and the memory benchmark only. Returns [B, L] float32, position 0 = 0.
-    """
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=mask_position_ids(attention_mask),
-        use_cache=False,
-    ).logits  # [B, L, V]
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, L-1, V]
-    picked = logp.gather(2, input_ids[:, 1:, None]).squeeze(2)  # [B, L-1]
-    return torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)  # [B, L]
