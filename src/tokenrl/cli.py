@@ -200,6 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     con.print(f"mean completion {result.mean_completion_tokens:.1f} tokens, truncated {100 * result.truncation_rate:.1f}%, "
               f"{result.tokens_per_s:.0f} tokens/s")  # fmt: skip
     con.print(f"wrote {out}/eval.json and completions.jsonl")
+    from tokenrl.algorithms.registry import ALGORITHMS
     return 0
 
 
@@ -209,7 +210,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="a YAML config (e.g. configs/quick.yaml); fields not in it keep their defaults")
     p.add_argument("--model", default=None, help="shortcut for --model.name")
     p.add_argument("--task", default=None, help="shortcut for --task.name")
-    p.add_argument("--algo", default=None, choices=["grpo", "sgrpo", "tspmo"], help="shortcut for --train.algo")
+    p.add_argument("--algo", default=None, choices=list(ALGORITHMS), help="shortcut for --train.algo")
     p.add_argument("--out", default=None, help="run folder (default: runs/ALGO-TASK-TIME)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its saved config")
     p.add_argument("--overwrite", action="store_true", help="allow --out to name an existing run folder (its contents are replaced)")

@@ -9,7 +9,6 @@ overrides, then validates everything before any model is loaded. The resolved co
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 import yaml
 
 from tokenrl.algorithms.registry import ALGORITHMS, GRPOConfig, SGRPOConfig, TSPMOConfig
-from tokenrl.config_io import (  # noqa: F401  (re-exported: the CLI and tests use them)
+from tokenrl.config_io import (  # noqa: F401
     _plain,
     apply_mapping,
     coerce,
     field_docs,
     iter_options,
     parse_overrides,
+    save_config,
     set_value,
 )
 from tokenrl.errors import ConfigError
@@ -393,15 +393,3 @@ def _check_algorithm_overrides(cfg: Config, keys: list[str]) -> None:
             f"set --{cfg.train.algo}.{field_name} for the algorithm that runs, or choose that algorithm "
             f"with --train.algo {unused[0].partition('.')[0]}",
         )
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write ``cfg`` as YAML atomically (a temporary file renamed into place), so a run killed
-    while writing never leaves a truncated config that would resume with defaults."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -7,9 +7,11 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -207,3 +209,15 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
             i += 2
         out.append((key, value))
     return out
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write ``cfg`` as YAML atomically (a temporary file renamed into place), so a run killed
+    while writing never leaves a truncated config that would resume with defaults."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

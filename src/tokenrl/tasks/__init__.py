@@ -19,15 +19,9 @@ from typing import Any
 
 from tokenrl.tasks.base import SPLITS, STYLES, Example, Task, TaskError
 from tokenrl.tasks.data import DataError, find_data_dir, read_json_array, read_jsonl
+from tokenrl.tasks.jsonl import JsonlConfig, JsonlTask
 from tokenrl.tasks.multiplication import MultiplicationConfig, MultiplicationTask, count_problems
-from tokenrl.tasks.wordproblems import (
-    Gsm8kConfig,
-    Gsm8kTask,
-    JsonlConfig,
-    JsonlTask,
-    SvampConfig,
-    SvampTask,
-)
+from tokenrl.tasks.wordproblems import Gsm8kConfig, Gsm8kTask, SvampConfig, SvampTask
 
 __all__ = [
     "SPLITS",
