@@ -38,3 +38,8 @@ def returns_text(completion: str, example) -> str:
 def even_problems_right(completion: str, example) -> float:
     """1 for every completion of a problem whose first operand is even: every group settled."""
     return 1.0 if int(example.id.split("x")[0]) % 2 == 0 else 0.0
+
+
+def half_bytes_low_trl(prompts, completions, **columns):
+    """half_bytes_low in TRL's batched form: f(prompts, completions, **columns) -> list."""
+    return [half_bytes_low(c, None) for c in completions]

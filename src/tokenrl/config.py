@@ -114,8 +114,13 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """Task options, e.g. {n_train: 500, seed: 1} (the fields of the task's config, docs/tasks.md)."""
 
-    reward: str | None = None
-    """Custom reward as module:function, called fn(completion, example) -> float; None = the task's exact match."""
+    reward: tuple[str, ...] = ()
+    """Reward functions as module:function (comma-separated for several; "task" = the task's exact
+    match), each fn(completion, example) -> float or TRL-style fn(prompts, completions, **columns)
+    -> list (docs/api.md); empty = the task's exact match."""
+
+    reward_weights: tuple[float, ...] = ()
+    """One weight per reward function (the reward is their weighted sum); empty = all 1."""
 
     reward_errors: str = "raise"
     """When the reward function raises or returns a non-finite/non-number: raise (stop the run, naming the
@@ -127,30 +132,36 @@ class TaskConfig:
         kind = self.name.partition(":")[0].strip().lower()
         if ALIASES.get(kind, kind) not in TASKS:
             _fail(f"task.name={self.name!r} is unknown",
-                  f"use one of {', '.join(TASKS)} (also mult:AxB, e.g. mult:2x1, and jsonl:PATH)")  # fmt: skip
+                  f"use one of {', '.join(TASKS)} (also mult:AxB, e.g. mult:2x1, hf:REPO and jsonl:PATH)")  # fmt: skip
         if self.eval_limit is not None and self.eval_limit < 1:
             _fail(f"task.eval_limit={self.eval_limit} must be at least 1", "use a positive count or none")
         if self.reward_errors not in ("raise", "zero"):
             _fail(f"task.reward_errors={self.reward_errors!r} is unknown", "use raise (default) or zero")
-        if self.reward is not None:
-            self.reward_fn()
+        if self.reward_weights and len(self.reward_weights) != max(len(self.reward), 1):
+            _fail(f"task.reward_weights has {len(self.reward_weights)} values for {max(len(self.reward), 1)} reward functions",
+                  "give one weight per function of task.reward, in the same order")  # fmt: skip
+        self.reward_fns()
 
-    def reward_fn(self):
-        """The custom reward function named by ``reward`` (imported), or None."""
-        if self.reward is None:
-            return None
+    def reward_fns(self) -> list:
+        """The reward functions named by ``reward`` (imported; "task" stays the name), or []."""
         import importlib
 
-        module, sep, name = self.reward.partition(":")
-        if not sep:
-            _fail(f"task.reward={self.reward!r} is not module:function", "write e.g. mypkg.rewards:score")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"task.reward={self.reward!r} cannot be imported ({err}). Fix: put the module on PYTHONPATH") from None
-        if not callable(fn):
-            _fail(f"task.reward={self.reward!r} is not callable", "name a function fn(completion, example) -> float")
-        return fn
+        fns: list = []
+        for spec in self.reward:
+            if spec == "task":
+                fns.append("task")
+                continue
+            module, sep, name = spec.partition(":")
+            if not sep:
+                _fail(f"task.reward={spec!r} is not module:function", "write e.g. mypkg.rewards:score")
+            try:
+                fn = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as err:
+                raise ConfigError(f"task.reward={spec!r} cannot be imported ({err}). Fix: put the module on PYTHONPATH") from None
+            if not callable(fn):
+                _fail(f"task.reward={spec!r} is not callable", "name a function fn(completion, example) -> float")
+            fns.append(fn)
+        return fns
 
 
 @dataclass

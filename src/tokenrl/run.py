@@ -26,6 +26,7 @@ from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message
 from tokenrl.heap import trim_heap
+from tokenrl.modelcard import write_model_card
 from tokenrl.runlog import (
     MetricsLogger,
     NullLogger,
@@ -46,12 +47,15 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     on_event: Callable[[str], None] = print,
+    model: tuple[Any, Any] | None = None,
+    rewards: list[tuple[Any, float]] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training; returns the summary written to eval.json.
 
     The data is read and the model loaded before anything is written, so a bad task or model
     leaves no run folder behind (``overwrite`` empties an existing ``out`` only after that).
-    Ctrl-C stops after the current step with a checkpoint and raises :class:`Interrupted`;
+    ``model`` (a loaded ``(model, tokenizer)``) and ``rewards`` (``(function, weight)`` pairs)
+    come from the Python API (:func:`tokenrl.api.train`). Ctrl-C stops after the current step with a checkpoint and raises :class:`Interrupted`;
     ``optim.max_nonfinite_steps`` skipped updates in a row raise :class:`RunError`.
     """
     from tokenrl.report import plot_run
@@ -63,7 +67,7 @@ def train(
     main = dist.is_main
     if not main:
         on_event = _quiet
-    tr = build_trainer(cfg, out, device=device, dist=dist)  # reads the data and loads the model: fails before any write
+    tr = build_trainer(cfg, out, device=device, dist=dist, model=model, rewards=rewards)  # reads the data and loads the model: fails before any write
     if main and overwrite and out.exists():
         shutil.rmtree(out)
     if main:
@@ -149,6 +153,7 @@ def train(
     if "before" in summary:
         summary["gain_points"] = 100 * (after.accuracy - summary["before"]["accuracy"])
     write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
+    write_model_card(out / "adapter", cfg.to_dict(), summary, f"tokenrl train {out / 'config.yaml'}")
     plot_run(records, out / "report.png", title=f"{cfg.train.algo} on {cfg.task.name} ({cfg.model.name})")
     dist.broadcast(summary)
     shutdown(dist)

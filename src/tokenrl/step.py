@@ -20,7 +20,7 @@ import torch
 from tokenrl.algorithms.advantages import settled_groups
 from tokenrl.algorithms.losses import LossInputs, aggregation_denominator, rescale_coefficients
 from tokenrl.algorithms.replay import rollout_items
-from tokenrl.guards import score_completions
+from tokenrl.rewards import Scores
 from tokenrl.rollout import RolloutBatch, derive_seed, select_rows
 from tokenrl.runlog import peak_rss_mb, write_samples
 from tokenrl.tasks import Example
@@ -35,6 +35,7 @@ class StepPrompts:
     ids: list[int]  # the step's global list of fresh problems (indices into train_examples)
     examples: list[Example]  # this rank's groups
     token_ids: list[list[int]]  # each group's prompt (a replay group: prompt + stored prefix)
+    texts: list[str]  # each group's rendered prompt (what TRL-style rewards get as `prompts`)
     prefixes: list[str]  # text in front of each group's completions when scored ("" if fresh)
     global_index: list[int]  # each group's index in the step's global list (keys its randomness)
     n_fresh: int  # this rank's fresh groups (the first n_fresh)
@@ -48,7 +49,7 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         prompts.token_ids, tr.sampling, group_size=tr.cfg.rollout.group_size, seeds=seeds
     )
     t_gen = time.perf_counter()
-    rewards, reward_errors = score(tr, prompts, batch)
+    rewards, scores = score(tr, prompts, batch)
     t_score = time.perf_counter()
     inputs = prepare(tr, prompts, batch, rewards)
     if tr.lm.device.type == "cuda":
@@ -66,7 +67,7 @@ def train_step(tr: Trainer) -> dict[str, Any]:
         "time/step": t_update - t0,
         "cpu/step_seconds": time.process_time() - cpu0,  # all threads of this process
     }
-    return finish(tr, prompts, batch, rewards, inputs, {**update, **times, "reward/errors": reward_errors})
+    return finish(tr, prompts, batch, rewards, inputs, scores, {**update, **times})
 
 
 def draw_prompts(tr: Trainer) -> StepPrompts:
@@ -75,10 +76,10 @@ def draw_prompts(tr: Trainer) -> StepPrompts:
     ids = tr.sampler.take(tr.cfg.rollout.prompts_per_step)
     lo, hi = tr.dist.shard(len(ids))
     examples = [tr.train_examples[i] for i in ids[lo:hi]]
-    token_ids = [
-        tok(tr.task.render_prompt(e, tok), add_special_tokens=False)["input_ids"] for e in examples
-    ]
-    prompts = StepPrompts(ids, examples, token_ids, [""] * len(examples), list(range(lo, hi)), len(examples))
+    texts = [tr.task.render_prompt(e, tok) for e in examples]
+    token_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    n = len(examples)
+    prompts = StepPrompts(ids, examples, token_ids, texts, [""] * n, list(range(lo, hi)), n)
     if tr.replay is not None:
         extra = tr.replay.prompts(tr.step, tr.cfg.train.steps)  # the same list on every rank
         by_id = {e.id: e for e in tr.train_examples}
@@ -87,22 +88,23 @@ def draw_prompts(tr: Trainer) -> StepPrompts:
             prompts.global_index.append(len(ids) + j)
             prompts.examples.append(by_id[rp.prompt_key])
             prompts.token_ids.append(rp.input_ids)
+            prompts.texts.append(tr.task.render_prompt(by_id[rp.prompt_key], tok))
             prompts.prefixes.append(tok.decode(rp.prefix_ids, skip_special_tokens=True))
     return prompts
 
 
-def score(tr: Trainer, prompts: StepPrompts, batch: RolloutBatch) -> tuple[torch.Tensor, int]:
-    """Rewards [B] and the count of failed reward calls. A replayed completion is scored with
-    its prefix in front; a reward function that raises or returns a non-finite value stops the
-    run or scores 0 (``task.reward_errors``)."""
+def score(tr: Trainer, prompts: StepPrompts, batch: RolloutBatch) -> tuple[torch.Tensor, Scores]:
+    """Rewards [B] (the weighted sum of the reward functions) and each function's scores. A
+    replayed completion is scored with its prefix in front; a reward function that fails stops
+    the run or scores 0 (``task.reward_errors``, tokenrl.rewards)."""
     rows = [int(i) for i in batch.prompt_index]
-    scores, errors = score_completions(
-        tr.reward_fn,
+    scores = tr.rewards.score(
+        [prompts.texts[i] for i in rows],
         [prompts.prefixes[i] + text for i, text in zip(rows, batch.texts)],
         [prompts.examples[i] for i in rows],
         on_error=tr.cfg.task.reward_errors,
     )
-    return torch.tensor(scores, dtype=torch.float32), errors
+    return torch.tensor(scores.total, dtype=torch.float32), scores
 
 
 def prepare(
@@ -126,12 +128,14 @@ def finish(
     batch: RolloutBatch,
     rewards: torch.Tensor,
     inputs: LossInputs,
+    scores: Scores,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Hand the fresh rollouts to the algorithm's replay, advance the step, and return the
     metrics over the rows of every rank (replay groups have their own reward scale: the reward
     metrics count fresh groups only)."""
     fresh = batch.prompt_index < prompts.n_fresh  # [B]
+    by_name = reward_means(tr, scores, fresh.tolist())
     if tr.replay is not None:
         fresh_rows = select_rows(batch, fresh.nonzero().squeeze(1))
         keys = [e.id for e in prompts.examples]
@@ -148,7 +152,8 @@ def finish(
         "reward/mean": fresh_rewards.mean().item(),
         "reward/std": fresh_rewards.std().item() if fresh_rewards.numel() > 1 else 0.0,
         "reward/replay_mean": all_rewards[~fresh].mean().item() if bool((~fresh).any()) else None,
-        "reward/errors": extra.pop("reward/errors"),
+        "reward/errors": scores.errors,
+        **by_name,
         "completion/mean_tokens": lengths.mean().item(),
         "completion/max_tokens": lengths.max().item(),
         "completion/truncated_frac": truncated.float().mean().item(),
@@ -165,3 +170,13 @@ def finish(
     if tr.cfg.log.samples_every and tr.step % tr.cfg.log.samples_every == 0 and tr.dist.is_main:
         write_samples(tr, batch, rewards, prompts.examples, prompts.prefixes)
     return metrics
+
+
+def reward_means(tr: Trainer, scores: Scores, fresh: list[bool]) -> dict[str, float | None]:
+    """``reward/<name>``: each function's mean over every rank's fresh rows (``None`` left out)."""
+    mine = [(name, v) for name, values in scores.by_name.items() for v, f in zip(values, fresh) if f]
+    values: dict[str, list[float]] = {name: [] for name in scores.by_name}
+    for name, v in tr.dist.cat_lists(mine):
+        if v is not None:
+            values[name].append(v)
+    return {f"reward/{k}": sum(v) / len(v) if v else None for k, v in values.items()}

@@ -23,7 +23,8 @@ from tokenrl.algorithms.replay import Replay
 from tokenrl.config import AUTOCAST_DTYPES, Config
 from tokenrl.distributed import Distributed
 from tokenrl.engines import Engine, make_engine
-from tokenrl.models import LoadedModel, load_model
+from tokenrl.models import LoadedModel, load_model, wrap_loaded
+from tokenrl.rewards import Reward, RewardSet
 from tokenrl.rollout import SamplingConfig
 from tokenrl.tasks import Example, Task, get_task
 
@@ -71,7 +72,7 @@ class Trainer:
     algorithm: Algorithm
     engine: Engine
     replay: Replay | None  # the algorithm's extra prompts (T-SPMO replay), if it has any
-    reward_fn: Callable[[str, Example], float]
+    rewards: RewardSet
     step: int = 0
     nonfinite_streak: int = 0  # optimiser updates in a row skipped for a non-finite loss/gradient
     dist: Distributed = field(default_factory=Distributed)  # this rank of a data-parallel run
@@ -108,12 +109,21 @@ def lr_lambda(cfg: Config) -> Callable[[int], float]:
 
 
 def build_trainer(
-    cfg: Config, out: Path, *, device: str | None = None, dist: Distributed | None = None
+    cfg: Config,
+    out: Path,
+    *,
+    device: str | None = None,
+    dist: Distributed | None = None,
+    model: tuple[nn.Module, Any] | None = None,
+    rewards: list[tuple[Any, float]] | None = None,
 ) -> Trainer:
     """Load the model with a fresh adapter, the task and the optimiser, seeded from the config.
 
     ``device`` overrides ``cfg.model.device`` (a data-parallel rank's own GPU); ``dist`` is the
-    rank's place in a data-parallel run (default: a single process).
+    rank's place in a data-parallel run (default: a single process). ``model`` is an already
+    loaded ``(model, tokenizer)`` to train instead of loading ``cfg.model.name``; ``rewards``
+    replaces the reward functions named in ``cfg.task``: ``(function, weight)`` pairs, where a
+    function may be "task" (the exact match) or a "module:function" name (:func:`task_rewards`).
     """
     dist = dist or Distributed()
     seed_everything(cfg.train.seed)
@@ -123,12 +133,15 @@ def build_trainer(
     train_examples = task.examples("train")
     test = task.examples("test")
     eval_examples = test[: cfg.task.eval_limit] if cfg.task.eval_limit else test
-    lm = load_model(
-        cfg.model.name,
-        dtype=cfg.model.dtype,
-        device=device or cfg.model.device,
-        lora=cfg.lora.spec(cfg.train.seed),
-    )
+    if model is not None:
+        lm = wrap_loaded(*model, name=cfg.model.name, lora=cfg.lora.spec(cfg.train.seed))
+    else:
+        lm = load_model(
+            cfg.model.name,
+            dtype=cfg.model.dtype,
+            device=device or cfg.model.device,
+            lora=cfg.lora.spec(cfg.train.seed),
+        )
     lm.model.train()  # updates run in training mode (LoRA dropout, gradient checkpointing)
     if cfg.model.gradient_checkpointing:
         lm.model.gradient_checkpointing_enable(
@@ -163,9 +176,24 @@ def build_trainer(
         algorithm=algorithm,
         engine=engine,
         replay=algorithm.replay(cfg.algo_config(), cfg.train.seed) if algorithm.replay else None,
-        reward_fn=cfg.task.reward_fn() or task.reward,
+        rewards=task_rewards(cfg, task, rewards),
         dist=dist,
     )
+
+
+def task_rewards(cfg: Config, task: Task, given: list[tuple[Any, float]] | None = None) -> RewardSet:
+    """The step's reward functions: ``given`` ``(function, weight)`` pairs, else those of
+    ``cfg.task.reward`` with ``cfg.task.reward_weights`` (none: the task's exact match alone).
+    "task" is the task's exact match; a "module:function" name is imported."""
+    if given is None:
+        fns = cfg.task.reward_fns() or ["task"]
+        given = list(zip(fns, cfg.task.reward_weights or [1.0] * len(fns), strict=True))
+    out = []
+    for f, w in given:
+        if isinstance(f, str) and f != "task":
+            f = type(cfg.task)(reward=(f,)).reward_fns()[0]
+        out.append(Reward(task.reward, w, "task") if f == "task" else Reward(f, w))
+    return RewardSet(out)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from tokenrl.tasks.base import SPLITS, STYLES, Example, Task, TaskError
 from tokenrl.tasks.data import DataError, find_data_dir, read_json_array, read_jsonl
-from tokenrl.tasks.jsonl import JsonlConfig, JsonlTask
+from tokenrl.tasks.jsonl import HubConfig, HubTask, JsonlConfig, JsonlTask
 from tokenrl.tasks.multiplication import MultiplicationConfig, MultiplicationTask, count_problems
 from tokenrl.tasks.wordproblems import Gsm8kConfig, Gsm8kTask, SvampConfig, SvampTask
 
@@ -31,6 +31,8 @@ __all__ = [
     "Example",
     "Gsm8kConfig",
     "Gsm8kTask",
+    "HubConfig",
+    "HubTask",
     "JsonlConfig",
     "JsonlTask",
     "MultiplicationConfig",
@@ -51,6 +53,7 @@ TASKS: dict[str, type[Task]] = {
     "svamp": SvampTask,
     "gsm8k": Gsm8kTask,
     "jsonl": JsonlTask,
+    "hf": HubTask,
 }
 ALIASES = {"mult": "multiplication"}
 _SHAPE = re.compile(r"(\d+)\s*x\s*(\d+)", re.IGNORECASE)
@@ -98,6 +101,11 @@ def _spec_argument(name: str, argument: str) -> dict[str, Any]:
         if not argument:
             raise TaskError("jsonl: no file given; write the spec as jsonl:PATH")
         return {"path": argument}
+    if name == "hf":
+        repo, _, config = argument.partition(":")
+        if not repo:
+            raise TaskError("hf: no dataset given; write the spec as hf:REPO or hf:REPO:CONFIG")
+        return {"path": repo, **({"name": config} if config else {})}
     if argument:
         raise TaskError(f"{name}: takes no ':{argument}' part in its spec; pass options instead")
     return {}

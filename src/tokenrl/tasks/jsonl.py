@@ -3,16 +3,17 @@ built-in word-problem tasks (:class:`~tokenrl.tasks.wordproblems.WordProblemTask
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tokenrl.tasks.base import Example, TaskError
 from tokenrl.tasks.data import DataError, gold_answer, read_jsonl
 from tokenrl.tasks.wordproblems import WordProblemTask, _check_common, _require_text
 
-__all__ = ["JsonlConfig", "JsonlTask"]
+__all__ = ["HubConfig", "HubTask", "JsonlConfig", "JsonlTask"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class JsonlTask(WordProblemTask):
             label = Path(cfg.test_path).stem
             label = "test" if label == Path(cfg.path).stem else label
             return {"train": train, "test": self._read(cfg.test_path, label, seen)}
+        return self._held_out(train)
+
+    def _held_out(self, train: list[Example]) -> dict[str, list[Example]]:
+        """``test_fraction`` of ``train`` held out for test by a seeded shuffle."""
+        cfg = self.config
         n_test = round(len(train) * cfg.test_fraction)
         if not 0 < n_test < len(train):
             raise DataError(
@@ -101,13 +107,96 @@ class JsonlTask(WordProblemTask):
                     field=cfg.id_field,
                 )
             seen[example_id] = (path, line)
-            examples.append(
-                Example(
-                    id=example_id,
-                    question=_require_text(row, cfg.question_field, path, line),
-                    answer=gold_answer(
-                        row[cfg.answer_field], file=path, line=line, field=cfg.answer_field
-                    ),
-                )
-            )
+            examples.append(self._example(row, example_id, path, line))
         return examples
+
+    def _example(self, row: dict[str, Any], example_id: str, file: str, line: int) -> Example:
+        """One row as an :class:`Example`; fields other than question, answer and id go to its
+        ``metadata`` (TRL-style rewards receive them as columns)."""
+        cfg = self.config
+        own = {cfg.question_field, cfg.answer_field, cfg.id_field}
+        return Example(
+            id=example_id,
+            question=_require_text(row, cfg.question_field, file, line),
+            answer=gold_answer(row[cfg.answer_field], file=file, line=line, field=cfg.answer_field),
+            metadata={k: v for k, v in row.items() if k not in own},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# a Hugging Face dataset by name (--task hf:REPO[:CONFIG]) or a local datasets folder
+
+
+@dataclass(frozen=True)
+class HubConfig(JsonlConfig):
+    path: str = ""
+    """Hub dataset id (``openai/gsm8k``), or a local folder: one written by ``save_to_disk``, or
+    files ``load_dataset`` reads (json, csv, parquet)."""
+    name: str | None = None
+    """The dataset's configuration (``main`` for gsm8k); written hf:REPO:CONFIG in the spec."""
+    train_split: str = "train"
+    """Split trained on."""
+    test_split: str | None = "test"
+    """Split evaluated on; None or a split the dataset lacks: test_fraction of train is held out."""
+
+
+class HubTask(JsonlTask):
+    """Problems from a Hugging Face ``datasets`` dataset, with column mapping (see HubConfig)."""
+
+    name: ClassVar[str] = "hf"
+    config_class: ClassVar[type] = HubConfig
+    config: HubConfig
+
+    @property
+    def spec(self) -> str:
+        return f"hf:{self.config.path}" + (f":{self.config.name}" if self.config.name else "")
+
+    def _build_splits(self) -> dict[str, list[Example]]:
+        cfg = self.config
+        data = load_hub_dataset(cfg.path, cfg.name)
+        if cfg.train_split not in data:
+            raise DataError(f"the dataset has no split {cfg.train_split!r} (it has {', '.join(data)}); set train_split", file=cfg.path)  # fmt: skip
+        seen: dict[str, tuple[str, int]] = {}
+        train = self._rows(data[cfg.train_split], cfg.train_split, seen)
+        if cfg.test_split is not None and cfg.test_split in data:
+            return {"train": train, "test": self._rows(data[cfg.test_split], cfg.test_split, seen)}
+        return self._held_out(train)
+
+    def _rows(self, split: Any, label: str, seen: dict[str, tuple[str, int]]) -> list[Example]:
+        cfg = self.config
+        columns = list(split.column_names)
+        for needed in [cfg.question_field, cfg.answer_field] + ([cfg.id_field] if cfg.id_field else []):
+            if needed not in columns:
+                raise DataError(
+                    f"split {label!r} has no column {needed!r}; its columns are {', '.join(columns)}. "
+                    "Fix: name the columns with question_field=, answer_field= (and id_field=)",
+                    file=cfg.path,
+                )
+        out = []
+        for i, row in enumerate(split, start=1):
+            example_id = str(row[cfg.id_field]) if cfg.id_field else f"{label}:{i}"
+            if example_id in seen:
+                raise DataError(f"duplicate id {example_id!r}", file=cfg.path, line=i, field=cfg.id_field)
+            seen[example_id] = (label, i)
+            out.append(self._example(row, example_id, f"{cfg.path} [{label}]", i))
+        return out
+
+
+def load_hub_dataset(path: str, name: str | None = None) -> Any:
+    """A ``datasets.DatasetDict``: a ``save_to_disk`` folder, or ``load_dataset(path, name)``
+    (local files, or the Hub when online)."""
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError("hf: tasks need the datasets package. Fix: pip install datasets", file=path)
+    import datasets
+
+    folder = Path(path)
+    if folder.is_dir() and ((folder / "dataset_dict.json").exists() or (folder / "state.json").exists()):
+        data = datasets.load_from_disk(str(folder))
+    else:
+        try:
+            data = datasets.load_dataset(path, name)
+        except Exception as err:  # offline, no such repo, bad files: one message naming it
+            raise DataError(f"cannot load the dataset ({err.__class__.__name__}: {err})", file=path) from err
+    if isinstance(data, datasets.Dataset):
+        data = datasets.DatasetDict({"train": data})
+    return data
