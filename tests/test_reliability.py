@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -462,7 +463,7 @@ def _assert_not_corrupt(run: Path) -> None:
             assert state["step"] == int(p.name.split("-")[1])
             load_file(p / "adapter" / "adapter_model.safetensors")
         else:
-            assert p.name.startswith((".tmp-step-", ".old-step-")), p
+            assert p.name.startswith((".tmp-step-", ".prev-step-", ".old-step-")), p
 
 
 def _assert_finished_like(run: Path, reference: dict[str, torch.Tensor]) -> None:
@@ -566,7 +567,7 @@ def test_a_deletion_cut_short_never_leaves_a_visible_partial_checkpoint(tmp_path
 
     (root / "step-000003").mkdir()  # an incomplete visible folder, as older versions could leave
     (root / ".tmp-step-000004").mkdir()
-    checkpoints.remove_partial_checkpoints(tmp_path)
+    checkpoints.recover_checkpoints(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
 
 
@@ -660,3 +661,164 @@ def test_out_below_a_file_is_a_clear_error(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["train", *QUICK, "--out", str(blocker / "run")]) == 2
     assert "a parent of the path is a file, not a folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. a kill at every point of a save, two trainers on one folder, SIGTERM, a crafted state.pt
+
+
+class Killed(BaseException):
+    """The process died here (not an Exception, so no handler of the trainer's catches it)."""
+
+
+class KillAt:
+    """Replace the file operations of :mod:`tokenrl.checkpoints` (its ``os.replace``,
+    ``shutil.rmtree`` and the checkpoint write) so that operation ``at`` (1-based) kills the
+    process: the write stops after the adapter, before ``state.pt`` and ``COMPLETE``; a rename
+    or deletion does not happen. Every later operation is skipped too, as in a dead process (the
+    cleanup of ``except BaseException`` handlers must not run)."""
+
+    def __init__(self, monkeypatch, at: int) -> None:
+        self.at, self.count, self.dead, self.ops = at, 0, False, []
+        self.wrote = False  # a checkpoint write finished (its COMPLETE marker is on disk)
+        real_replace, real_rmtree, real_write = os.replace, checkpoints.shutil.rmtree, checkpoints._write_checkpoint
+
+        def op(name, real):
+            def run(*args, **kwargs):
+                if self.dead:
+                    return None
+                self.count += 1
+                self.ops.append(f"{name} {Path(args[-1] if name == 'write' else args[0]).name}")
+                if self.count == self.at:
+                    self.dead = True
+                    if name == "write":  # part of the folder is written when the kill lands
+                        args[0].model.save_pretrained(args[1] / "adapter")
+                    raise Killed(self.ops[-1])
+                out = real(*args, **kwargs)
+                self.wrote |= name == "write"
+                return out
+
+            return run
+
+        class Os:  # checkpoints.os with a killable replace
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+        fake_os = Os()
+        fake_os.replace = op("replace", real_replace)
+        monkeypatch.setattr(checkpoints, "os", fake_os)
+        monkeypatch.setattr(checkpoints.shutil, "rmtree", op("rmtree", real_rmtree))
+        monkeypatch.setattr(checkpoints, "_write_checkpoint", op("write", real_write))
+
+
+def _resumed_step(events: list[str]) -> int:
+    lines = [e for e in events if e.startswith(("resuming from", "no complete checkpoint"))]
+    assert len(lines) == 1, events
+    return int(lines[0].split("step-")[1][:6]) if "step-" in lines[0] else 0
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+@pytest.mark.parametrize("same_step", [True, False], ids=["same-step", "next-step"])
+def test_a_kill_at_any_point_of_a_save_resumes_from_the_last_finished_save(tmp_path, keep, same_step):
+    """A resumed run saves a checkpoint of a step that already has one (``same_step``: resume at
+    the last step, the final save) or of the next step (with the oldest rotated out). Killed
+    before each file operation of that save in turn, ``--resume`` never starts earlier than the
+    last save that finished; with the old save order (delete, then rename) keep 1 lost them all."""
+    base = tmp_path / "base"
+    steps = 2 if same_step else 1
+    train(quick_config("--train.steps", str(steps), "--train.keep_checkpoints", str(keep)), base,
+          on_event=lambda s: None)  # fmt: skip
+    at, seen_all = 0, False
+    while not seen_all:
+        at += 1
+        run = tmp_path / f"kill-{at}"
+        shutil.copytree(base, run)
+        cfg = load_config(run / "config.yaml", [("train.steps", "2")])
+        with pytest.MonkeyPatch.context() as mp:
+            kill = KillAt(mp, at)
+            try:
+                train(cfg, run, resume=True, on_event=lambda s: None)
+                seen_all = True  # no operation number ``at``: the save ran to its end
+            except Killed:
+                pass
+        last_finished = 2 if (same_step or kill.wrote) else 1
+        events: list[str] = []
+        train(load_config(run / "config.yaml", [("train.steps", "2")]), run, resume=True, on_event=events.append)
+        assert _resumed_step(events) >= last_finished, (at, kill.ops, events)
+        assert train_steps(run) == [1, 2], (at, kill.ops)
+        _assert_not_corrupt(run)
+        assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], kill.ops
+        assert len(checkpoint_dirs(run)) <= keep
+    assert at > 4, kill.ops  # the sequence was walked through (write, renames, deletions)
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    run, log = tmp_path / "run", tmp_path / "err.log"
+    proc = _launch([*QUICK, "--train.steps", "200", "--out", str(run)], log)
+    try:
+        assert _wait_for(proc, lambda: _last_step(run) >= 1, "step 1"), log.read_text()
+        for argv in (["--resume", str(run)], [*QUICK, "--out", str(run), "--overwrite"]):
+            assert main(["train", *argv]) == 2
+            err = capsys.readouterr().err
+            assert f"in use by another tokenrl train (pid {proc.pid} " in err, err
+        assert proc.poll() is None  # the first trainer runs on, its folder untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    # the OS released the lock with the killed process: the folder is free again
+    assert main(["train", "--resume", str(run), "--train.steps", str(_last_step(run) + 1)]) == 0
+
+
+def test_the_lock_is_held_for_the_run_and_released_after(tmp_path):
+    from tokenrl.runlock import RunFolderBusy, RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()} "):
+            RunLock(run).acquire()
+        with pytest.raises(RunFolderBusy):
+            train(quick_config("--train.steps", "1"), run, on_event=lambda s: None)
+    train(quick_config("--train.steps", "1"), run, overwrite=True, on_event=lambda s: None)
+    with RunLock(run):  # released when train returned
+        pass
+
+
+def test_sigterm_saves_the_last_step_exits_143_and_resume_is_exact(tmp_path, reference):
+    run, log = tmp_path / "run", tmp_path / "err.log"
+    proc = _launch([*QUICK, "--train.steps", str(STEPS), "--out", str(run)], log)
+    assert _wait_for(proc, lambda: _last_step(run) >= 3, "step 3"), log.read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()
+    err = log.read_text()
+    assert "Traceback" not in err, err
+    assert f"resume with: tokenrl train --resume {run}" in err, err
+    step = int(err.split("interrupted after step ")[1].split(" (SIGTERM)")[0])
+    assert 3 <= step < STEPS and train_steps(run) == list(range(1, step + 1))
+    assert checkpoint_dirs(run)[-1].name == f"step-{step:06d}"
+    proc = _launch(["--resume", str(run)], log)
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    _assert_finished_like(run, reference)
+
+
+class _Planted:
+    """Unpickling this calls ``open(path, "w")``: the file appears if the pickle is executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_state_file_is_refused_and_nothing_runs(tmp_path, capsys):
+    train(quick_config("--train.steps", "2"), tmp_path / "run", on_event=lambda s: None)
+    newest = checkpoint_dirs(tmp_path / "run")[-1]
+    state = torch.load(newest / "state.pt", weights_only=True)  # what tokenrl writes loads safely
+    assert state["step"] == 2
+    planted = tmp_path / "planted"
+    state["sampler"] = _Planted(planted)
+    torch.save(state, newest / "state.pt")
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "holds Python objects that a safe load refuses" in err and str(newest) in err, err
+    assert not planted.exists(), "the crafted pickle ran"

@@ -17,8 +17,10 @@ import yaml
 
 from tokenrl.algorithms.registry import ALGORITHMS, GRPOConfig, SGRPOConfig, TSPMOConfig
 from tokenrl.config_io import (  # noqa: F401
+    _fail,
     _plain,
     apply_mapping,
+    check_algorithm_overrides,
     coerce,
     field_docs,
     iter_options,
@@ -32,16 +34,12 @@ from tokenrl.models import DEFAULT_LORA_TARGETS, LoraSpec
 AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16"}  # model.autocast -> torch dtype name
 
 
-def _fail(what: str, fix: str) -> None:
-    raise ConfigError(f"{what}. Fix: {fix}")
-
-
 @dataclass
 class ModelConfig:
     """Which model is trained."""
 
     name: str = "tiny"
-    """Built-in name (tiny, smollm2-135m-instruct; see `tokenrl models`), local folder or hub id."""
+    """Built-in name (tiny, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct; `tokenrl models`), local folder or hub id."""
 
     dtype: str = "fp32"
     """Weights dtype: fp32 (the paper's setting) or bf16."""
@@ -388,19 +386,5 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]]
         value = yaml.safe_load(value) if isinstance(value, str) and value.strip() else value
         set_value(cfg, key, value)
     cfg.validate()
-    _check_algorithm_overrides(cfg, [key for key, _ in overrides])
+    check_algorithm_overrides(cfg.train.algo, [key for key, _ in overrides], list(ALGORITHMS))
     return cfg
-
-
-def _check_algorithm_overrides(cfg: Config, keys: list[str]) -> None:
-    """An override of another algorithm's section would be ignored: refuse it. (A YAML file may
-    hold every algorithm's section, as a saved config.yaml does; an override is meant for this run.)"""
-    unused = [k for k in keys if k.partition(".")[0] in ALGORITHMS and k.partition(".")[0] != cfg.train.algo]
-    if unused:
-        field_name = unused[0].partition(".")[2]
-        _fail(
-            f"{', '.join(unused)} set for a run of train.algo={cfg.train.algo!r}: "
-            f"the {unused[0].partition('.')[0]} section is not used, so the setting would be ignored",
-            f"set --{cfg.train.algo}.{field_name} for the algorithm that runs, or choose that algorithm "
-            f"with --train.algo {unused[0].partition('.')[0]}",
-        )

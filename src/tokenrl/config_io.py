@@ -221,3 +221,17 @@ def save_config(cfg: Any, path: str | Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_algorithm_overrides(algo: str, keys: list[str], algorithms: list[str]) -> None:
+    """An override of another algorithm's section would be ignored: refuse it. (A YAML file may
+    hold every algorithm's section, as a saved config.yaml does; an override is meant for this run.)"""
+    unused = [k for k in keys if k.partition(".")[0] in algorithms and k.partition(".")[0] != algo]
+    if unused:
+        other, field_name = unused[0].partition(".")[::2]
+        _fail(
+            f"{', '.join(unused)} set for a run of train.algo={algo!r}: "
+            f"the {other} section is not used, so the setting would be ignored",
+            f"set --{algo}.{field_name} for the algorithm that runs, or choose that algorithm "
+            f"with --train.algo {other}",
+        )

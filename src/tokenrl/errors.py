@@ -13,13 +13,22 @@ class ConfigError(ValueError):
     """A configuration problem; the message says what is wrong and how to fix it."""
 
 
+class ModelError(RuntimeError):
+    """A model spec could not be turned into a model; the message says how to fix it."""
+
+
 class RunError(RuntimeError):
     """A run folder problem (exists, missing, corrupt); the message says what to do."""
 
 
 class Interrupted(Exception):
-    """The user stopped a run (Ctrl-C); the message says what was saved and how to resume.
-    The command line exits with status 130, the shell's code for SIGINT."""
+    """The user or a scheduler stopped a run (Ctrl-C, SIGTERM); the message says what was saved
+    and how to resume. The command line exits with ``128 + signal``, the shell's code for it
+    (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, *, signal: int = 2) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 # errno values of a write that failed because of the disk or the folder, not a bug

@@ -6,9 +6,9 @@
   (``task.reward_errors: zero``, metric ``reward/errors``). Never silently.
 * :func:`nonfinite_stop_message`: after ``optim.max_nonfinite_steps`` optimiser updates in a row
   were skipped for a non-finite loss or gradient, the run stops with this message.
-* :class:`StopRequest`: the first Ctrl-C during a training step lets the step finish, then the
-  trainer saves a checkpoint and exits; outside a step (evaluation, checkpointing) it stops at
-  once. A second Ctrl-C during a step stops at once, losing that step.
+* :class:`StopRequest`: the first Ctrl-C or SIGTERM during a training step lets the step
+  finish, then the trainer saves a checkpoint and exits; outside a step (evaluation,
+  checkpointing) it stops at once. A second signal during a step stops at once, losing it.
 
 See docs/reliability.md for every fault and what happens.
 """
@@ -117,40 +117,51 @@ def nonfinite_stop_message(streak: int, step: int, limit: int, last_checkpoint: 
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) handling of the training loop, used as a context manager.
+    """Ctrl-C (SIGINT) and SIGTERM handling of the training loop, used as a context manager.
 
-    While installed (main thread only), a first Ctrl-C inside :meth:`step` sets ``requested``
-    and lets the step finish; any other Ctrl-C raises :class:`KeyboardInterrupt` at once.
-    ``mid_step`` tells whether a :class:`KeyboardInterrupt` left a step half done (its changes to
-    the model, optimiser and data order must not be saved).
+    SIGTERM is what ``timeout``, Slurm, Kubernetes and most schedulers send first, so it is
+    treated like Ctrl-C. While installed (main thread only), a first signal inside :meth:`step`
+    sets ``requested`` and lets the step finish; any other raises :class:`KeyboardInterrupt` at
+    once. ``mid_step`` tells whether a :class:`KeyboardInterrupt` left a step half done (its
+    changes to the model, optimiser and data order must not be saved); ``signal`` is the number
+    of the first signal received (the command line exits with ``128 + signal``).
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
         self.in_step = False
         self.mid_step = False
-        self._previous: Any = None
-        self._installed = False
+        self.signal = int(signal.SIGINT)  # a KeyboardInterrupt raised by Python itself
+        self._received = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal).name
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            previous = self._previous if self._previous is not None else signal.SIG_DFL
-            signal.signal(signal.SIGINT, previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self._received:
+            self._received, self.signal = True, signum
         if self.in_step and not self.requested:
             self.requested = True
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(
-                "\nCtrl-C: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to stop at once, losing this step)",
+                f"\n{name}: stopping after this step and saving a checkpoint "
+                "(press Ctrl-C or send the signal again to stop at once, losing this step)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -17,7 +17,7 @@ from typing import Any
 from tokenrl.checkpoints import (
     checkpoint_dirs,
     latest_loadable_checkpoint,
-    remove_partial_checkpoints,
+    recover_checkpoints,
     save_checkpoint,
 )
 from tokenrl.config import Config, save_config
@@ -27,6 +27,7 @@ from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message
 from tokenrl.heap import trim_heap
 from tokenrl.modelcard import write_model_card
+from tokenrl.runlock import LOCK_NAME, RunLock
 from tokenrl.runlog import (
     MetricsLogger,
     NullLogger,
@@ -55,11 +56,11 @@ def train(
     The data is read and the model loaded before anything is written, so a bad task or model
     leaves no run folder behind (``overwrite`` empties an existing ``out`` only after that).
     ``model`` (a loaded ``(model, tokenizer)``) and ``rewards`` (``(function, weight)`` pairs)
-    come from the Python API (:func:`tokenrl.api.train`). Ctrl-C stops after the current step with a checkpoint and raises :class:`Interrupted`;
-    ``optim.max_nonfinite_steps`` skipped updates in a row raise :class:`RunError`.
+    come from the Python API (:func:`tokenrl.api.train`). Ctrl-C or SIGTERM stops after the
+    current step with a checkpoint and raises :class:`Interrupted`; ``optim.max_nonfinite_steps``
+    skipped updates in a row raise :class:`RunError`; a folder another trainer holds raises
+    :class:`tokenrl.runlock.RunFolderBusy`.
     """
-    from tokenrl.report import plot_run
-
     # torchrun / accelerate launch: join the other ranks (docs/distributed.md); rank 0 alone
     # writes the run folder, the others hold the same state and wait for it at barriers
     dist, device = init_from_env(cfg.model.device)
@@ -67,22 +68,39 @@ def train(
     main = dist.is_main
     if not main:
         on_event = _quiet
-    tr = build_trainer(cfg, out, device=device, dist=dist, model=model, rewards=rewards)  # reads the data and loads the model: fails before any write
-    if main and overwrite and out.exists():
-        shutil.rmtree(out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    if main and not resume:
-        save_config(cfg, out / "config.yaml")
-    dist.barrier()
-    if resume:
+    lock = RunLock(out)  # one trainer per folder (tokenrl.runlock), held until the run ends
+    try:
+        if main and out.is_dir():
+            lock.acquire()  # a second trainer is refused before it loads a model
+        tr = build_trainer(cfg, out, device=device, dist=dist, model=model, rewards=rewards)  # reads the data and loads the model: fails before any write
         if main:
-            remove_partial_checkpoints(out)
-        ckpt = latest_loadable_checkpoint(tr, on_event)
-        if ckpt is None:
-            on_event(f"no complete checkpoint in {out}/checkpoints: starting from step 0")
-        else:
-            on_event(f"resuming from {ckpt} (step {tr.step})")
+            lock.acquire()  # creates out
+            if overwrite:
+                _empty_except(out, LOCK_NAME)
+            if not resume:
+                save_config(cfg, out / "config.yaml")
+        dist.barrier()
+        if resume:
+            if main:
+                for line in recover_checkpoints(out):
+                    on_event(line)
+            dist.barrier()  # every rank reads the checkpoints once rank 0 has put them in order
+            ckpt = latest_loadable_checkpoint(tr, on_event)
+            if ckpt is None:
+                on_event(f"no complete checkpoint in {out}/checkpoints: starting from step 0")
+            else:
+                on_event(f"resuming from {ckpt} (step {tr.step})")
+        return _run(tr, resume=resume, on_event=on_event)
+    finally:
+        lock.release()
+
+
+def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[str, Any]:
+    """The loop of :func:`train` on a set-up trainer, the final evaluation and the run files."""
+    from tokenrl.report import plot_run
+
+    cfg, out, dist = tr.cfg, tr.out, tr.dist
+    main = dist.is_main
     summary_path = out / "eval.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
     if resume:
@@ -122,7 +140,7 @@ def train(
             bar.update(tr.step, None, after.accuracy)
             save_checkpoint(tr)
     except KeyboardInterrupt:
-        raise Interrupted(interrupted_message(tr, stop.mid_step)) from None
+        raise Interrupted(interrupted_message(tr, stop), signal=stop.signal) from None
     finally:
         logger.close()
     if not main:  # rank 0 writes the final files; every rank returns its summary
@@ -175,16 +193,24 @@ def check_nonfinite(tr: Trainer, metrics: dict[str, Any], on_event: Callable[[st
         raise RunError(nonfinite_stop_message(tr.nonfinite_streak, tr.step, limit, done[-1] if done else None))
 
 
-def interrupted_message(tr: Trainer, mid_step: bool) -> str:
-    """After Ctrl-C: save a checkpoint of the last finished step (unless the interrupt cut a step
-    short: then its state is half updated and the last checkpoint stays the newest)."""
+def interrupted_message(tr: Trainer, stop: StopRequest) -> str:
+    """After Ctrl-C or SIGTERM: save a checkpoint of the last finished step (unless the signal cut
+    a step short: then its state is half updated and the last checkpoint stays the newest)."""
     how = f"resume with: tokenrl train --resume {tr.out}"
-    if not mid_step:
+    by = f" ({stop.signal_name})" if stop.signal_name != "SIGINT" else ""
+    if not stop.mid_step:
         path = save_checkpoint(tr)
-        return f"interrupted after step {tr.step}; saved checkpoint {path}; {how}"
+        return f"interrupted after step {tr.step}{by}; saved checkpoint {path}; {how}"
     done = checkpoint_dirs(tr.out)
     last = f"the last checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
-    return f"interrupted in the middle of a training step, whose work is lost; {last}; {how}"
+    return f"interrupted{by} in the middle of a training step, whose work is lost; {last}; {how}"
+
+
+def _empty_except(folder: Path, keep: str) -> None:
+    """``--overwrite``: delete everything in ``folder`` but ``keep`` (the lock this run holds)."""
+    for p in folder.iterdir():
+        if p.name != keep:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _mean(xs: list[float | None]) -> float | None:
