@@ -3,7 +3,7 @@
 # CUDA GPU with no network: Qwen2-1.5B's real architecture (hidden 1536, 28 layers, 12 heads,
 # 2 kv heads, intermediate 8960, vocab 151,936, tied embeddings) with random weights, bf16,
 # LoRA r 16 / alpha 32 on q,k,v,o,gate,up,down, 1 prompt of 256 tokens x 8 completions of exactly
-# 1,024 tokens, gradient checkpointing on for both (workload gpu-1.5b in tokenrl/bench/workloads.py).
+# 1,024 tokens, gradient checkpointing on for both (workload gpu-1.5b in benchmarks/trl/workloads.py).
 # Memory = torch.cuda.max_memory_allocated() during the update minus memory_allocated() before it.
 # Each configuration runs in a fresh process: 1 warm-up, then 3 (memory) / 5 (speed) repeats.
 # Expected wall time on an H100: about 4-5 minutes (8 processes; each configuration is cut

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from tokenrl import step, trainer
-from tokenrl.bench.measure import RssSampler
-from tokenrl.config import load_config
-from tokenrl.heap import bound_heap, release_free_heap, trim_heap
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
+
+from benchmarks.trl.measure import RssSampler  # noqa: E402
+from tokenrl import step, trainer  # noqa: E402
+from tokenrl.config import load_config  # noqa: E402
+from tokenrl.heap import bound_heap, release_free_heap, trim_heap  # noqa: E402
 
 
 def rss_mb() -> int:

@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
-from tokenrl.bench.measure import machine_info, timing_summary, versions  # noqa: E402
+from benchmarks.trl.inputs import randomise_lora_b  # noqa: E402
+from benchmarks.trl.measure import timing_summary  # noqa: E402
+from tokenrl.machine import machine_info, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model, lora_merged  # noqa: E402
 from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402

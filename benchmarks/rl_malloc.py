@@ -71,7 +71,7 @@ def main() -> None:
     if args.steps < 4:
         ap.error("--steps must be >= 4 (3 untimed steps first)")
 
-    from tokenrl.bench.measure import cpu_model, versions
+    from tokenrl.machine import cpu_model, versions
 
     runs: dict[bool, list[dict[str, dict[str, float]]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from tokenrl.bench.measure import cpu_model, timing_summary  # noqa: E402
+from benchmarks.trl.measure import timing_summary  # noqa: E402
+from tokenrl.machine import cpu_model  # noqa: E402
 from tokenrl.models import load_model  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
 

@@ -11,7 +11,7 @@ Modes, alternated within each repeat after a warm-up: "whole" = every row runs p
 completion (share_prompt off), "shared" = each prompt once, its KV cache copied to its rows,
 "checkpointed" = whole rows under gradient checkpointing (what configs/smollm2/svamp_*.yaml use
 to save memory; sharing is off there). Time: median of the repeats. Memory: the peak resident
-set added during one more update of each mode (tokenrl.bench.measure.PhaseMeter). Also checks
+set added during one more update of each mode (benchmarks.trl.measure.PhaseMeter). Also checks
 that "shared" gives the same log-probs as "whole".
 """
 
@@ -20,14 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from benchmarks.trl.inputs import randomise_lora_b  # noqa: E402
+from benchmarks.trl.measure import PhaseMeter, timing_summary  # noqa: E402
 from tokenrl.algorithms import completion_logprobs, get_algorithm, policy_loss  # noqa: E402
-from tokenrl.bench.inputs import randomise_lora_b  # noqa: E402
-from tokenrl.bench.measure import PhaseMeter, machine_info, timing_summary, versions  # noqa: E402
+from tokenrl.machine import machine_info, versions  # noqa: E402
 from tokenrl.models import LoraSpec, load_model  # noqa: E402
 from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import RolloutBatch  # noqa: E402

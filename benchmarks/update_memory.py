@@ -27,10 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from tokenrl.bench.measure import RssSampler
-from tokenrl.heap import release_free_heap
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
+
+from benchmarks.trl.measure import RssSampler  # noqa: E402
+from tokenrl.heap import release_free_heap  # noqa: E402
 
 ALGOS = ("plain", "grpo", "sgrpo", "tspmo")
 VOCAB = 151_936

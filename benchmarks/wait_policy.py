@@ -94,7 +94,9 @@ def main() -> None:
         worker(args.steps, args.threads)
         return
 
-    from tokenrl.bench.measure import cpu_model, timing_summary, versions
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.trl
+    from benchmarks.trl.measure import timing_summary
+    from tokenrl.machine import cpu_model, versions
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     loads = [v.strip() for v in args.loads.split(",") if v.strip()]

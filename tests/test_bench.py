@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from tokenrl.bench.measure import trl_available
-from tokenrl.bench.run import TRL_MISSING, add_ratios, format_report
-from tokenrl.bench.workloads import WORKLOADS, get_workloads
+from benchmarks.trl.measure import trl_available
+from benchmarks.trl.run import TRL_MISSING, add_ratios, format_report
+from benchmarks.trl.workloads import WORKLOADS, get_workloads
 from tokenrl.cli import main
 
 HAVE_TRL = trl_available()
@@ -196,8 +196,8 @@ def test_step_workloads_have_no_memory_measure():
 
 
 def test_fixed_rollouts_branch_so_tspmo_has_pairs():
+    from benchmarks.trl.inputs import fixed_rollouts
     from tokenrl.algorithms import get_algorithm
-    from tokenrl.bench.inputs import fixed_rollouts
     from tokenrl.models import build_byte_tokenizer
 
     w = WORKLOADS["tiny"]  # G = 4 completions of 16 tokens: branches at 8 (2 variants), then own
@@ -215,8 +215,34 @@ def test_fixed_rollouts_branch_so_tspmo_has_pairs():
 
 
 def test_without_trl_the_trl_rows_say_how_to_install(monkeypatch, capsys):
-    import tokenrl.bench.run as run
+    import benchmarks.trl.run as run
 
     monkeypatch.setattr(run, "trl_available", lambda: False)  # no subprocess is started
     report = _run_json(capsys, ["bench", "speed", "--quick", "--impls", "trl", "--json"])
     assert [r["status"] for r in report["rows"]] == [TRL_MISSING, TRL_MISSING]  # tiny, tiny-step
+
+
+def test_without_the_checkout_bench_says_where_it_runs(monkeypatch, capsys):
+    import tokenrl.cli as cli
+
+    monkeypatch.setattr(cli, "_bench_cli", lambda: None)  # an installed wheel: no benchmarks/ folder
+    assert main(["bench", "memory", "--quick"]) == 2
+    assert "runs from a source checkout of tokenrl (the benchmarks/ folder is not installed)" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["compare", "a", "b"]).runs == ["a", "b"]  # the rest as before
+
+
+def test_a_worker_runs_from_any_folder(tmp_path, monkeypatch):
+    """The worker (``python -P -m benchmarks.trl.worker``) finds the checkout's package through
+    PYTHONPATH, never the working folder, and the whole step's reward
+    ``benchmarks.trl.rewards:bench_reward`` resolves in it."""
+    from benchmarks.trl.run import Settings, run_worker, worker_spec
+
+    shadow = tmp_path / "benchmarks"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the working folder shadowed the checkout')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    w = WORKLOADS["tiny-step"]
+    raw = run_worker(worker_spec(w, "grpo", "speed", Settings(warmup=0, repeats_speed=1)), threads=1, timeout_s=300)
+    assert "error" not in raw, raw["error"]
+    assert raw["info"]["rows"] == w.rows and len(raw["times_s"]) == 1

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ needs_glibc = pytest.mark.skipif(
 PROBE = textwrap.dedent(
     """
     import sys, torch
-    from tokenrl.bench.measure import RssSampler
+    from benchmarks.trl.measure import RssSampler
     from tokenrl.heap import bound_heap, trim_heap
     assert bound_heap() == (sys.argv[1] == "bounded")
     def rss():
@@ -51,6 +52,8 @@ def kept_mib(mode: str) -> float:
     """Resident MiB the probe keeps after freeing, with ``TOKENRL_MALLOC=mode``."""
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     env["TOKENRL_MALLOC"] = mode
+    root = str(Path(__file__).resolve().parents[1])  # the checkout, for benchmarks.trl
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env
     )

@@ -17,7 +17,8 @@ from tokenrl.config import ConfigError, load_config, parse_overrides
 from tokenrl.engines import ENGINES, HFEngine, make_engine
 from tokenrl.rollout import SamplingConfig, generate_rollouts
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tokenrl"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "tokenrl"
 SHELL = {"tokenrl.cli", "tokenrl.__main__"}  # the command line: may import recipes, lazily
 
 
@@ -49,16 +50,34 @@ def _is_core(name: str) -> bool:
     return name not in SHELL and not name.startswith("tokenrl.recipes")
 
 
+def _lab(name: str) -> bool:
+    """A recipe or a benchmark (benchmarks/, outside the package): what the core must not import."""
+    return name.split(".")[0] == "benchmarks" or name.startswith(("tokenrl.recipes", "tokenrl.bench"))
+
+
 def test_the_core_imports_neither_recipes_nor_benchmarks():
     offenders = {
-        name: sorted(i for i in _imports(path, top_level_only=False) if i.startswith(("tokenrl.recipes", "benchmarks")))
+        name: sorted(i for i in _imports(path, top_level_only=False) if _lab(i))
         for name, path in MODULES.items()
         if _is_core(name)
     }
     assert {k: v for k, v in offenders.items() if v} == {}
-    # the command line reaches recipes only inside functions (when the command runs)
+    # the command line reaches recipes and benchmarks only inside functions (when the command runs)
     top = _imports(MODULES["tokenrl.cli"], top_level_only=True)
-    assert not [i for i in top if i.startswith(("tokenrl.recipes", "benchmarks"))]
+    assert not [i for i in top if _lab(i)]
+
+
+def test_the_check_sees_every_way_of_importing_the_benchmarks(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import benchmarks\nfrom benchmarks.trl import cli\ndef f():\n    import benchmarks.trl.run as r\n")
+    found = _imports(probe, top_level_only=False)
+    assert {"benchmarks", "benchmarks.trl", "benchmarks.trl.run"} <= found and all(map(_lab, found))
+    assert not _lab("benchmarking") and _lab("tokenrl.bench.run")
+
+
+def test_the_trl_benchmarks_live_in_the_checkout_not_the_package():
+    assert not [name for name in MODULES if name.startswith("tokenrl.bench")]
+    assert (ROOT / "benchmarks" / "__init__.py").is_file() and (ROOT / "benchmarks" / "trl" / "cli.py").is_file()
 
 
 def test_module_level_imports_have_no_cycle():

@@ -92,8 +92,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tokenrl.bench.run import Settings, format_report, run_benchmarks, write_report
-    from tokenrl.bench.workloads import DEFAULT_WORKLOADS, IMPLS, QUICK_WORKLOADS, get_workloads
+    from benchmarks.trl.run import Settings, format_report, run_benchmarks, write_report
+    from benchmarks.trl.workloads import DEFAULT_WORKLOADS, IMPLS, QUICK_WORKLOADS, get_workloads
     from tokenrl.cli import UsageError
 
     impls = tuple(x.strip() for x in args.impls.split(",") if x.strip())
@@ -120,7 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         fixed_mmap_threshold=args.malloc == "fixed",
     )
     if args.what == "scaling":
-        from tokenrl.bench.scaling import format_scaling, plot_scaling, run_scaling
+        from benchmarks.trl.scaling import format_scaling, plot_scaling, run_scaling
 
         workload = args.workloads or ("tiny" if args.quick else "A")
         if "," in workload:

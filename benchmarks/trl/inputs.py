@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokenrl.bench.workloads import ModelShape, Workload
+from benchmarks.trl.workloads import ModelShape, Workload
 from tokenrl.models import SMOLLM2_NAME, LoraSpec, apply_lora, build_byte_tokenizer, load_base
 from tokenrl.rollout import RolloutBatch
 

@@ -1,4 +1,4 @@
-"""Peak memory of one phase, the machine and the library versions.
+"""Peak memory and time of one phase, timing summaries, and whether trl is installed.
 
 CPU: peak resident set size (RSS) added during the phase. A background thread reads
 ``/proc/self/statm`` every ``interval_s`` (2 ms); before the baseline is read, ``gc.collect()``
@@ -17,7 +17,6 @@ from importlib import metadata
 from typing import Any
 
 from tokenrl.heap import release_free_heap
-from tokenrl.machine import cpu_model, machine_info, versions  # noqa: F401  (the benchmarks' imports)
 
 
 class RssSampler:

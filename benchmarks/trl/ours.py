@@ -8,9 +8,9 @@ clipping (1.0) -> AdamW step -> zero_grad.
 Whole step (workloads C): ``trainer.build_trainer`` + ``trainer.train_step``, the real training
 step (prompts -> rollouts -> rewards -> prepare -> update -> metrics), with every completion forced
 to exactly ``completion_len`` new tokens (``min_new_tokens`` on the model's generation config, no
-stop strings, a distinct pad token suppressed: :func:`~tokenrl.bench.inputs.extra_suppressed`), as
+stop strings, a distinct pad token suppressed: :func:`~benchmarks.trl.inputs.extra_suppressed`), as
 TRL is forced with ``generation_kwargs={"min_new_tokens": L, "suppress_tokens": ...}``; both score with
-:func:`tokenrl.bench.rewards.bench_reward` (so no group is skipped for lack of signal).
+:func:`benchmarks.trl.rewards.bench_reward` (so no group is skipped for lack of signal).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tokenrl.bench.inputs import (
+from benchmarks.trl.inputs import (
     GRAD_CLIP,
     LR,
     build_policy,
@@ -32,8 +32,8 @@ from tokenrl.bench.inputs import (
     model_spec,
     vocab_size,
 )
-from tokenrl.bench.measure import PhaseMeter
-from tokenrl.bench.workloads import Workload
+from benchmarks.trl.measure import PhaseMeter
+from benchmarks.trl.workloads import Workload
 
 
 def run_update(
@@ -103,7 +103,7 @@ def step_config(w: Workload, algo: str, *, device: str, dtype: str, steps: int, 
         ("lora.alpha", 32),
         ("task.name", w.task),
         ("task.style", w.task_style),
-        ("task.reward", "tokenrl.bench.rewards:bench_reward"),
+        ("task.reward", "benchmarks.trl.rewards:bench_reward"),
         ("rollout.group_size", w.group),
         ("rollout.prompts_per_step", w.prompts),
         ("rollout.max_new_tokens", w.completion_len),

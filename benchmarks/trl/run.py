@@ -1,6 +1,6 @@
 """Run benchmark configurations, each in a fresh process, and report them side by side.
 
-Every (workload, measure, implementation) runs in its own subprocess (``tokenrl.bench.worker``)
+Every (workload, measure, implementation) runs in its own subprocess (``benchmarks.trl.worker``)
 with ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` pinned, ``warmup`` unmeasured steps and
 then ``repeats`` measured ones; the report gives medians with min-max, each figure's ratio to TRL
 from the same run, the goal and whether it is met, the machine and the library versions.
@@ -16,12 +16,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tokenrl.bench.measure import machine_info, trl_available, versions
-from tokenrl.bench.workloads import IMPLS, Workload
+from benchmarks.trl.measure import trl_available
+from benchmarks.trl.workloads import IMPLS, Workload
+from tokenrl.machine import machine_info, versions
 
 TRL_MISSING = "trl not installed (pip install tokenrl[bench])"
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/trl/run.py -> the root
 MB = 2**20
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -78,16 +81,23 @@ def run_worker(
     timeout_s: float | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run one configuration in a fresh Python process; its result dict, or {"error": ...}."""
+    """Run one configuration in a fresh Python process; its result dict, or {"error": ...}.
+
+    The worker is ``python -P -m benchmarks.trl.worker`` with the checkout first on ``PYTHONPATH``:
+    it finds this package (and the reward ``benchmarks.trl.rewards:bench_reward``) from any working
+    folder, and ``-P`` keeps the working folder off ``sys.path``, so no ``benchmarks`` there shadows it.
+    """
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(
         os.environ,
+        PYTHONPATH=path,
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
         OMP_WAIT_POLICY="PASSIVE",
         TOKENIZERS_PARALLELISM="false",
         **(extra_env or {}),
     )
-    cmd = [sys.executable, "-m", "tokenrl.bench.worker", json.dumps(spec)]
+    cmd = [sys.executable, "-P", "-m", "benchmarks.trl.worker", json.dumps(spec)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)

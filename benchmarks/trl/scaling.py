@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tokenrl.bench.measure import machine_info, trl_available, versions
-from tokenrl.bench.run import TRL_MISSING, Settings, run_worker, summarise, worker_env, worker_spec
-from tokenrl.bench.workloads import IMPLS, WORKLOADS
+from benchmarks.trl.measure import trl_available
+from benchmarks.trl.run import TRL_MISSING, Settings, run_worker, summarise, worker_env, worker_spec
+from benchmarks.trl.workloads import IMPLS, WORKLOADS
+from tokenrl.machine import machine_info, versions
 
 LENGTHS = (64, 128, 256, 512, 1024)
 GROUPS = (4, 8, 16)

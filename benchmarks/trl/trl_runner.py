@@ -20,7 +20,7 @@ over the same span.
 * Whole-step workloads (C): nothing is replaced; the step includes TRL's generation with
   ``generation_kwargs={"min_new_tokens": L, "suppress_tokens": [pad]}`` (pad only when it is not
   EOS) and ``max_completion_length=L``, the reward
-  function (:func:`tokenrl.bench.rewards.bench_reward`, as ours), advantages and the update.
+  function (:func:`benchmarks.trl.rewards.bench_reward`, as ours), advantages and the update.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from tokenrl.bench.inputs import (
+from benchmarks.trl.inputs import (
     GRAD_CLIP,
     LR,
     build_policy,
@@ -40,8 +40,8 @@ from tokenrl.bench.inputs import (
     lora_b_snapshot,
     vocab_size,
 )
-from tokenrl.bench.measure import PhaseMeter
-from tokenrl.bench.workloads import Workload
+from benchmarks.trl.measure import PhaseMeter
+from benchmarks.trl.workloads import Workload
 
 
 def _trl_config(w: Workload, *, out: str, device: str, dtype: torch.dtype, steps: int, seed: int,
@@ -166,7 +166,7 @@ def run_trl(
             }
         )
 
-        from tokenrl.bench.rewards import bench_reward
+        from benchmarks.trl.rewards import bench_reward
 
         def reward_fn(completions, example_index, **kwargs):
             return [bench_reward(c, examples[i]) for c, i in zip(completions, example_index)]

@@ -1,6 +1,6 @@
 """One benchmark configuration in this (fresh) process; prints one JSON line.
 
-    python -m tokenrl.bench.worker '{"workload": "A", "impl": "tspmo", "measure": "memory", ...}'
+    python -m benchmarks.trl.worker '{"workload": "A", "impl": "tspmo", "measure": "memory", ...}'
 
 Spec keys: workload, impl (trl | grpo | sgrpo | tspmo), measure (memory | speed), warmup,
 repeats, device, dtype (fp32 | bf16), threads, seed, and optional overrides of the workload
@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from tokenrl.bench.workloads import WORKLOADS
+    from benchmarks.trl.workloads import WORKLOADS
     from tokenrl.models import resolve_dtype
 
     torch.set_num_threads(spec["threads"])
@@ -39,21 +39,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     )
     impl = spec["impl"]
     if impl == "trl":
-        from tokenrl.bench.trl_runner import run_trl
+        from benchmarks.trl.trl_runner import run_trl
 
         out = run_trl(
             w, dtype=dtype, measure=spec["measure"], gradient_checkpointing=trl_gc, **common
         )
         gc_used = trl_gc
     elif w.kind == "update":
-        from tokenrl.bench.ours import run_update
+        from benchmarks.trl.ours import run_update
 
         out = run_update(
             w, impl, dtype=dtype, measure=spec["measure"], gradient_checkpointing=ours_gc, **common
         )
         gc_used = ours_gc
     else:
-        from tokenrl.bench.ours import run_step
+        from benchmarks.trl.ours import run_step
 
         out = run_step(w, impl, dtype=spec["dtype"], **common)
         gc_used = ours_gc

