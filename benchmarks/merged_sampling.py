@@ -33,7 +33,9 @@ from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--prompts", type=int, default=128)
@@ -44,15 +46,30 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lm = load_model(args.model, dtype=args.dtype, lora=LoraSpec(r=args.lora_r, alpha=2 * args.lora_r))
+    lm = load_model(
+        args.model, dtype=args.dtype, lora=LoraSpec(r=args.lora_r, alpha=2 * args.lora_r)
+    )
     randomise_lora_b(lm.model)  # B starts at zero; a trained adapter does not
     tok = lm.tokenizer
-    prompt_ids = [tok(f"{100 + 7 * i}*{1 + i % 9}=", add_special_tokens=False)["input_ids"] for i in range(args.prompts)]
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group_size)
+    prompt_ids = [
+        tok(f"{100 + 7 * i}*{1 + i % 9}=", add_special_tokens=False)["input_ids"]
+        for i in range(args.prompts)
+    ]
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group_size
+    )
 
     def rollout():
         seeds = list(range(args.prompts))
-        return generate_rollouts(lm.model, tok, [], sampling, group_size=args.group_size, prompt_ids=prompt_ids, group_seeds=seeds)
+        return generate_rollouts(
+            lm.model,
+            tok,
+            [],
+            sampling,
+            group_size=args.group_size,
+            prompt_ids=prompt_ids,
+            group_seeds=seeds,
+        )
 
     times: dict[str, list[float]] = {"adapter": [], "merged": []}
     same = True

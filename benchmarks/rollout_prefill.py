@@ -38,15 +38,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = load_model(args.model, dtype=args.dtype)
     tok = lm.tokenizer
-    questions = [f"What is {10 + 7 * i} times {3 + i}? Answer with the number only." for i in range(args.prompts)]
+    questions = [
+        f"What is {10 + 7 * i} times {3 + i}? Answer with the number only."
+        for i in range(args.prompts)
+    ]
     if getattr(tok, "chat_template", None):
-        prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+        prompts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+            )
+            for q in questions
+        ]
     else:
         prompts = questions
     times: dict[str, list[float]] = {"shared": [], "per_row": []}
     for rep in range(args.repeats + 1):
         for name, shared in (("shared", True), ("per_row", False)):
-            cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, shared_prefill=shared)
+            cfg = SamplingConfig(
+                max_new_tokens=args.max_new_tokens, temperature=1.0, shared_prefill=shared
+            )
             torch.manual_seed(rep)
             t = time.perf_counter()
             generate_rollouts(lm.model, tok, prompts, cfg, group_size=args.group_size)
@@ -54,9 +64,15 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
     prompt_len = len(tok(prompts[0])["input_ids"])
     result = {
-        "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "G": args.group_size,
-        "prompt_tokens": prompt_len, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cpus", "torch": torch.__version__,
+        "model": args.model,
+        "dtype": args.dtype,
+        "prompts": args.prompts,
+        "G": args.group_size,
+        "prompt_tokens": prompt_len,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
+        "torch": torch.__version__,
         **timing_summary(times),
     }
     result["speedup"] = result["per_row_median_s"] / result["shared_median_s"]

@@ -41,12 +41,21 @@ def decode_rows(batch) -> int:
     comp, length = batch.completion_ids.tolist(), batch.completion_mask.sum(1).tolist()
     index = batch.prompt_index.tolist()
     T = batch.completion_ids.shape[1]
-    return sum(len({(index[r], tuple(comp[r][:t])) for r in range(len(comp)) if length[r] > t}) for t in range(1, T))
+    return sum(
+        len({(index[r], tuple(comp[r][:t])) for r in range(len(comp)) if length[r] > t})
+        for t in range(1, T)
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny", help="a model name, tiny spec or saved folder (e.g. a quickstart's base)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model",
+        default="tiny",
+        help="a model name, tiny spec or saved folder (e.g. a quickstart's base)",
+    )
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--task", default="multiplication:3x1")
     ap.add_argument("--style", default="compact")

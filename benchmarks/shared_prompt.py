@@ -59,12 +59,16 @@ def fixed_batch(args: argparse.Namespace, vocab: int) -> tuple[RolloutBatch, tor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--prompt-len", type=int, default=6, help="the quickstart's '891*4=' is 6 byte tokens")
+    ap.add_argument(
+        "--prompt-len", type=int, default=6, help="the quickstart's '891*4=' is 6 byte tokens"
+    )
     ap.add_argument("--completion-len", type=int, default=5)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--repeats", type=int, default=5)
@@ -85,7 +89,9 @@ def main() -> None:
 
     def update(mode: str) -> torch.Tensor:
         if mode == "checkpointed":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         logp = completion_logprobs(model, batch, inputs.logprob_mask, share_prompt=mode == "shared")
         loss, _ = policy_loss(logp, None, inputs, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
         loss.backward()

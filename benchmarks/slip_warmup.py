@@ -44,13 +44,22 @@ def slip_stats(records: list[dict[str, Any]]) -> dict[str, float]:
     n = len(records)
     right = sum(r["completion"].strip() == r["gold"] for r in records)
     slips = sum(r["completion"].strip() == r["gold"] + "0" for r in records)
-    return {"accuracy": right / n, "slip_rate": slips / n, "slip_forgiven_accuracy": (right + slips) / n}
+    return {
+        "accuracy": right / n,
+        "slip_rate": slips / n,
+        "slip_forgiven_accuracy": (right + slips) / n,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--slip", type=float, default=0.5, help="share of warm-up answers written with a trailing zero")
+    ap.add_argument(
+        "--slip",
+        type=float,
+        default=0.5,
+        help="share of warm-up answers written with a trailing zero",
+    )
     ap.add_argument("--warmup-steps", type=int, default=1400)
     ap.add_argument("--steps", type=int, default=60, help="RL steps per method")
     ap.add_argument("--algos", default="grpo,sgrpo,tspmo")
@@ -64,7 +73,11 @@ def main() -> None:
 
     # the quickstart's base model and task, with the slip planted in the warm-up data
     plan = QuickstartPlan(
-        out=out, seed=args.seed, steps=args.steps, algos=tuple(args.algos.split(",")), threads=args.threads,
+        out=out,
+        seed=args.seed,
+        steps=args.steps,
+        algos=tuple(args.algos.split(",")),
+        threads=args.threads,
         rl_overrides=SLIP_RL,
     )
     torch.manual_seed(args.seed)
@@ -72,21 +85,31 @@ def main() -> None:
     task = plan.warmup_task().resolved(tok)
     fit = task.examples("train")[plan.warmup.validation :]
     clean = encode_pairs(task, tok, fit)
-    slipped = [(p, tok(e.answer + "0" + task.stop[0], add_special_tokens=False)["input_ids"]) for (p, _), e in zip(clean, fit, strict=True)]
+    slipped = [
+        (p, tok(e.answer + "0" + task.stop[0], add_special_tokens=False)["input_ids"])
+        for (p, _), e in zip(clean, fit, strict=True)
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.warmup.lr, weight_decay=0.0)
     draws = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     for _ in range(args.warmup_steps):
         idx = torch.randint(len(clean), (plan.warmup.batch_size,), generator=draws).tolist()
         flip = (torch.rand(plan.warmup.batch_size, generator=draws) < args.slip).tolist()
-        loss = model(**collate([(slipped if f else clean)[i] for i, f in zip(idx, flip, strict=True)], tok.pad_token_id)).loss
+        loss = model(
+            **collate(
+                [(slipped if f else clean)[i] for i, f in zip(idx, flip, strict=True)],
+                tok.pad_token_id,
+            )
+        ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     warmup_seconds = time.perf_counter() - t0
     model.eval()
     test = task.examples("test")
-    before = slip_stats(evaluate(model, tok, task, test, max_new_tokens=8, batch_size=len(test)).records)
+    before = slip_stats(
+        evaluate(model, tok, task, test, max_new_tokens=8, batch_size=len(test)).records
+    )
     base = save_base(model, tok, out / "base")
 
     summary: dict[str, Any] = {
@@ -98,15 +121,23 @@ def main() -> None:
     for algo in plan.algos:  # each in its own `tokenrl train` process, as in the quickstart
         train_method(plan, str(base), algo, on_step=lambda step: None)
         records = read_jsonl(out / algo / "eval_completions.jsonl")
-        curve = [(row["step"], row["eval/accuracy"]) for row in read_jsonl(out / algo / "metrics.jsonl") if "eval/accuracy" in row]
+        curve = [
+            (row["step"], row["eval/accuracy"])
+            for row in read_jsonl(out / algo / "metrics.jsonl")
+            if "eval/accuracy" in row
+        ]
         summary["methods"][algo] = slip_stats(records) | {"curve": curve}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
-    print(f"seed {args.seed}, slip {args.slip}, {args.warmup_steps} warm-up steps ({warmup_seconds:.0f} s), {args.steps} RL steps")
+    print(
+        f"seed {args.seed}, slip {args.slip}, {args.warmup_steps} warm-up steps ({warmup_seconds:.0f} s), {args.steps} RL steps"
+    )
     print("| model | accuracy % | slip rate % | accuracy with slips forgiven % |")
     print("|---|---|---|---|")
     for name, s in [("base", before), *summary["methods"].items()]:
-        print(f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['slip_rate']:.1f} | {100 * s['slip_forgiven_accuracy']:.1f} |")
+        print(
+            f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['slip_rate']:.1f} | {100 * s['slip_forgiven_accuracy']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

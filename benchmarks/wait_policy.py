@@ -70,8 +70,19 @@ def run_variant(name: str, threads: int, busy: bool, steps: int) -> float:
     competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if busy else None
     try:
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", "--steps", str(steps), "--threads", str(threads)],
-            env=env, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--steps",
+                str(steps),
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         if competitor is not None:
@@ -81,12 +92,23 @@ def run_variant(name: str, threads: int, busy: bool, steps: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=20, help="timed warm-up steps per process")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every variant")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: %(default)s")
-    ap.add_argument("--loads", default="idle,busy", help="idle, busy (one core busy-looping) or both")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads (default: all cores)",
+    )
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated, from: %(default)s"
+    )
+    ap.add_argument(
+        "--loads", default="idle,busy", help="idle, busy (one core busy-looping) or both"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -100,32 +122,57 @@ def main() -> None:
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     loads = [v.strip() for v in args.loads.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS] + [v for v in loads if v not in ("idle", "busy")]
+    unknown = [v for v in variants if v not in VARIANTS] + [
+        v for v in loads if v not in ("idle", "busy")
+    ]
     if unknown or not variants or not loads:
-        ap.error(f"unknown variant or load {unknown}: variants {', '.join(VARIANTS)}; loads idle, busy")
-    cases = [("passive", 1)] + [(name, args.threads) for name in variants if (name, args.threads) != ("passive", 1)]
+        ap.error(
+            f"unknown variant or load {unknown}: variants {', '.join(VARIANTS)}; loads idle, busy"
+        )
+    cases = [("passive", 1)] + [
+        (name, args.threads) for name in variants if (name, args.threads) != ("passive", 1)
+    ]
     if ("passive", args.threads) not in cases:
         cases.append(("passive", args.threads))  # the baseline of the ratios
     times: dict[tuple[str, int, bool], list[float]] = {}
     for _ in range(args.rounds):
         for busy in [load == "busy" for load in loads]:
             for name, threads in cases:
-                times.setdefault((name, threads, busy), []).append(run_variant(name, threads, busy, args.steps))
+                times.setdefault((name, threads, busy), []).append(
+                    run_variant(name, threads, busy, args.steps)
+                )
     rows = []
     for (name, threads, busy), values in times.items():
         base = statistics.median(times[("passive", threads, busy)])
         summary = timing_summary({"step": values})  # step_median_s, step_min_max_s
-        rows.append({"variant": name, "threads": threads, "load": "one core busy" if busy else "idle", **summary,
-                     "vs_passive_same_threads": base / summary["step_median_s"]})
-    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "steps": args.steps, "rounds": args.rounds,
-              **versions(), "rows": rows}
+        rows.append(
+            {
+                "variant": name,
+                "threads": threads,
+                "load": "one core busy" if busy else "idle",
+                **summary,
+                "vs_passive_same_threads": base / summary["step_median_s"],
+            }
+        )
+    result = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "steps": args.steps,
+        "rounds": args.rounds,
+        **versions(),
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['cpu']}, {result['cores']} cores; median warm-up step over {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"{result['cpu']}, {result['cores']} cores; median warm-up step over {args.rounds} rounds x {args.steps} steps"
+    )
     print(f"{'variant':>10} {'threads':>7} {'load':>14} {'step s':>8} {'speed vs PASSIVE':>17}")
     for r in rows:
-        print(f"{r['variant']:>10} {r['threads']:>7} {r['load']:>14} {r['step_median_s']:8.3f} {r['vs_passive_same_threads']:16.2f}x")
+        print(
+            f"{r['variant']:>10} {r['threads']:>7} {r['load']:>14} {r['step_median_s']:8.3f} {r['vs_passive_same_threads']:16.2f}x"
+        )
 
 
 if __name__ == "__main__":

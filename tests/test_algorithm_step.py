@@ -124,7 +124,9 @@ def test_prepare_metrics_per_algorithm() -> None:
     assert grpo.metrics["tokens/update_frac"] == 1.0
     # Both groups have mixed rewards, so every token has A != 0 and is run forward.
     assert grpo.metrics["tokens/forward_frac"] == 1.0
-    assert "reward/zero_std_frac" not in grpo.metrics  # the step computes it, over fresh groups only
+    assert (
+        "reward/zero_std_frac" not in grpo.metrics
+    )  # the step computes it, over fresh groups only
     # Equal rewards in group 1 -> its rows need no log-probs when beta == 0.
     flat = rewards.clone()
     flat[4:] = 1.0

@@ -22,7 +22,11 @@ DOC = TESTS.parent / "docs" / "api.md"
 SMALL = {"train.steps": 2, "rollout.group_size": 4, "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 8,
          "task.eval_limit": 4, "train.eval_every": 0, "log.progress": False, "log.samples_every": 0,
          "optim.lr": 1e-3}  # fmt: skip
-ROWS = [{"question": f"What is {a} times {b}?", "answer": str(a * b), "level": a % 3} for a in range(2, 9) for b in range(2, 7)]
+ROWS = [
+    {"question": f"What is {a} times {b}?", "answer": str(a * b), "level": a % 3}
+    for a in range(2, 9)
+    for b in range(2, 7)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +44,14 @@ def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, str(DOC), "exec"), scope)
     result = scope["result"]
-    assert result.adapter == Path("runs/api-example/adapter") and (result.adapter / "adapter_model.safetensors").exists()
+    assert (
+        result.adapter == Path("runs/api-example/adapter")
+        and (result.adapter / "adapter_model.safetensors").exists()
+    )
     assert result.accuracy_after == result.metrics["after"]["accuracy"]
-    steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [m for m in steps if "reward/mean" in m]
     assert len(steps) == 2 and all("reward/has_digit" in m and "reward/task" in m for m in steps)
     for m in steps:  # the logged total is the weighted sum of the two functions' means
@@ -74,7 +83,9 @@ def test_weighted_rewards_add_up_and_none_adds_nothing():
         return 10.0 if example.metadata["level"] == 1 else 0.0
 
     examples = [Example(str(i), "q", "5", {"level": i}) for i in range(3)]
-    scores = RewardSet([Reward(trl, 0.5), Reward(mine, 2.0)]).score(["p"] * 3, ["a", "b", "c"], examples)
+    scores = RewardSet([Reward(trl, 0.5), Reward(mine, 2.0)]).score(
+        ["p"] * 3, ["a", "b", "c"], examples
+    )
     assert scores.total == [0.5, 20.0, 1.5]  # 0.5*1 + 2*0, none + 2*10, 0.5*3 + 2*0
     assert scores.by_name == {"trl": [1.0, None, 3.0], "mine": [0.0, 10.0, 0.0]}
 
@@ -105,7 +116,12 @@ def test_failed_reward_calls_score_zero_and_are_counted_when_asked():
 def test_a_list_of_dicts_and_a_jsonl_file_train_the_same_adapter(tmp_path):
     path = tmp_path / "problems.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    kw = {"reward_funcs": ["rewards_for_tests:half_bytes_low"], "algo": "grpo", "config": SMALL, "on_event": lambda s: None}
+    kw = {
+        "reward_funcs": ["rewards_for_tests:half_bytes_low"],
+        "algo": "grpo",
+        "config": SMALL,
+        "on_event": lambda s: None,
+    }
     a = tokenrl.train("tiny", dataset=ROWS, out=tmp_path / "rows", **kw)
     b = tokenrl.train("tiny", dataset=str(path), out=tmp_path / "file", **kw)
     wa, wb = _adapter(a.run_dir), _adapter(b.run_dir)
@@ -118,7 +134,12 @@ def test_a_list_of_dicts_and_a_jsonl_file_train_the_same_adapter(tmp_path):
 def test_a_loaded_model_and_tokenizer_train_like_the_built_in_name(tmp_path):
     from tokenrl.models import build_tiny
 
-    kw = {"dataset": ROWS, "reward_funcs": ["rewards_for_tests:half_bytes_low"], "config": SMALL, "on_event": lambda s: None}
+    kw = {
+        "dataset": ROWS,
+        "reward_funcs": ["rewards_for_tests:half_bytes_low"],
+        "config": SMALL,
+        "on_event": lambda s: None,
+    }
     by_name = tokenrl.train("tiny", out=tmp_path / "name", **kw)
     model, tok = build_tiny("tiny")
     loaded = tokenrl.train(model, tokenizer=tok, out=tmp_path / "loaded", **kw)
@@ -129,7 +150,12 @@ def test_a_loaded_model_and_tokenizer_train_like_the_built_in_name(tmp_path):
 def test_hub_datasets_load_from_a_local_folder_with_column_mapping(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"q": r["question"], "sol": r["answer"], "src": "x"} for r in ROWS]
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:30]), "test": datasets.Dataset.from_list(rows[30:])}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows[:30]),
+            "test": datasets.Dataset.from_list(rows[30:]),
+        }
+    ).save_to_disk(str(tmp_path / "ds"))
     task = get_task(f"hf:{tmp_path / 'ds'}", question_field="q", answer_field="sol")
     assert len(task.examples("train")) == 30 and len(task.examples("test")) == len(rows) - 30
     assert task.examples("test")[0].metadata == {"src": "x"}
@@ -142,11 +168,20 @@ def test_hub_datasets_load_from_a_local_folder_with_column_mapping(tmp_path):
 
 
 def test_make_config_validates_like_the_command_line():
-    cfg = tokenrl.make_config({"train": {"algo": "tspmo"}}, rollout={"group_size": 4}, train__steps=7)
+    cfg = tokenrl.make_config(
+        {"train": {"algo": "tspmo"}}, rollout={"group_size": 4}, train__steps=7
+    )
     assert (cfg.train.algo, cfg.rollout.group_size, cfg.train.steps) == ("tspmo", 4, 7)
     with pytest.raises(ConfigError, match="did you mean 'rollout.group_size'"):
         tokenrl.make_config(rollout={"group_sise": 4})
     with pytest.raises(ConfigError, match="reward_weights has 1 values for 2 reward functions"):
-        tokenrl.make_config({"task.reward": "task,rewards_for_tests:half_bytes_low", "task.reward_weights": [1.0]})
-    two = tokenrl.make_config({"task.reward": "task,rewards_for_tests:half_bytes_low", "task.reward_weights": "1,0.5"})
-    assert two.task.reward == ("task", "rewards_for_tests:half_bytes_low") and two.task.reward_weights == (1.0, 0.5)
+        tokenrl.make_config(
+            {"task.reward": "task,rewards_for_tests:half_bytes_low", "task.reward_weights": [1.0]}
+        )
+    two = tokenrl.make_config(
+        {"task.reward": "task,rewards_for_tests:half_bytes_low", "task.reward_weights": "1,0.5"}
+    )
+    assert two.task.reward == (
+        "task",
+        "rewards_for_tests:half_bytes_low",
+    ) and two.task.reward_weights == (1.0, 0.5)

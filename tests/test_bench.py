@@ -225,10 +225,18 @@ def test_without_trl_the_trl_rows_say_how_to_install(monkeypatch, capsys):
 def test_without_the_checkout_bench_says_where_it_runs(monkeypatch, capsys):
     import tokenrl.cli as cli
 
-    monkeypatch.setattr(cli, "_bench_cli", lambda: None)  # an installed wheel: no benchmarks/ folder
+    monkeypatch.setattr(
+        cli, "_bench_cli", lambda: None
+    )  # an installed wheel: no benchmarks/ folder
     assert main(["bench", "memory", "--quick"]) == 2
-    assert "runs from a source checkout of tokenrl (the benchmarks/ folder is not installed)" in capsys.readouterr().err
-    assert cli.build_parser().parse_args(["compare", "a", "b"]).runs == ["a", "b"]  # the rest as before
+    assert (
+        "runs from a source checkout of tokenrl (the benchmarks/ folder is not installed)"
+        in capsys.readouterr().err
+    )
+    assert cli.build_parser().parse_args(["compare", "a", "b"]).runs == [
+        "a",
+        "b",
+    ]  # the rest as before
 
 
 def test_a_worker_runs_from_any_folder(tmp_path, monkeypatch):
@@ -239,10 +247,16 @@ def test_a_worker_runs_from_any_folder(tmp_path, monkeypatch):
 
     shadow = tmp_path / "benchmarks"
     shadow.mkdir()
-    (shadow / "__init__.py").write_text("raise ImportError('the working folder shadowed the checkout')\n")
+    (shadow / "__init__.py").write_text(
+        "raise ImportError('the working folder shadowed the checkout')\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     w = WORKLOADS["tiny-step"]
-    raw = run_worker(worker_spec(w, "grpo", "speed", Settings(warmup=0, repeats_speed=1)), threads=1, timeout_s=300)
+    raw = run_worker(
+        worker_spec(w, "grpo", "speed", Settings(warmup=0, repeats_speed=1)),
+        threads=1,
+        timeout_s=300,
+    )
     assert "error" not in raw, raw["error"]
     assert raw["info"]["rows"] == w.rows and len(raw["times_s"]) == 1

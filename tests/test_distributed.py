@@ -33,7 +33,10 @@ ARGS = [
     "--log.progress", "false", "--optim.lr", "1e-4", "--train.steps", "3",
 ]  # fmt: skip
 # each algorithm's own settings (a setting of an algorithm that does not run is refused)
-ALGO_ARGS = {"sgrpo": ["--sgrpo.alpha", "2", "--sgrpo.k", "5"], "tspmo": ["--tspmo.replay.every", "2"]}
+ALGO_ARGS = {
+    "sgrpo": ["--sgrpo.alpha", "2", "--sgrpo.k", "5"],
+    "tspmo": ["--tspmo.replay.every", "2"],
+}
 
 
 @pytest.fixture(autouse=True)

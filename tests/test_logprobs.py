@@ -261,7 +261,15 @@ def grouped_inputs():
             ids[row, 4 : 4 + clen] = torch.randint(0, 256, (clen,), generator=gen)
             attn[row, 4 - plen : 4 + clen] = True
     target = torch.zeros(9, 8, dtype=torch.bool)
-    for row, cols in {0: [4, 5, 7], 1: [4], 2: [6], 4: [5], 5: [4, 6], 6: [4, 5, 6, 7], 8: [5]}.items():
+    for row, cols in {
+        0: [4, 5, 7],
+        1: [4],
+        2: [6],
+        4: [5],
+        5: [4, 6],
+        6: [4, 5, 6, 7],
+        8: [5],
+    }.items():
         target[row, cols] = True  # rows 3 and 7: no targets
     return ids, attn, target
 
@@ -309,7 +317,9 @@ def test_shared_prompt_runs_each_prompt_once(model) -> None:
     # Nothing to share: one prompt per row -> whole rows.
     one_per_group = target.clone()
     one_per_group[[1, 2, 5, 8]] = False  # rows 0, 4, 6 left: three different prompts
-    calls = body_calls(model, lambda: selective_logprobs(model, ids, attn, one_per_group, prompt_len=4))
+    calls = body_calls(
+        model, lambda: selective_logprobs(model, ids, attn, one_per_group, prompt_len=4)
+    )
     assert calls == [(3, 8)]
     # A target inside the prompt -> whole rows.
     in_prompt = target.clone()
@@ -330,7 +340,9 @@ def test_shared_prompt_off_under_gradient_checkpointing() -> None:
 
     assert body_calls(model, run) == [(7, 8)]  # a KV cache cannot be replayed in backward
     logp[0].sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
+    )
 
 
 def test_reference_logprobs_follow_share_prompt() -> None:

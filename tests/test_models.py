@@ -41,7 +41,9 @@ def test_tiny_is_deterministic_from_its_seed():
     c = load_model("tiny:seed=4").model
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert not torch.equal(sa["model.layers.0.mlp.up_proj.weight"], sc["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        sa["model.layers.0.mlp.up_proj.weight"], sc["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_tiny_options_parse_and_errors():
@@ -100,7 +102,9 @@ def test_lora_step_changes_only_the_adapter():
 
 
 def test_lora_on_a_subset_of_layers():
-    lm = load_model("tiny:layers=4", lora=LoraSpec(r=2, layers=(2, 3), target_modules=("q_proj", "v_proj")))
+    lm = load_model(
+        "tiny:layers=4", lora=LoraSpec(r=2, layers=(2, 3), target_modules=("q_proj", "v_proj"))
+    )
     names = _lora_names(lm.model)
     assert names and all(".layers.2." in n or ".layers.3." in n for n in names)
     assert len(names) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
@@ -135,7 +139,9 @@ class _OneLinear(torch.nn.Module):
 def test_lora_merged_folds_the_adapter_into_the_weight_by_hand():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_OneLinear(), LoraConfig(r=1, lora_alpha=2, target_modules=["proj"]))  # scale 2
+    model = get_peft_model(
+        _OneLinear(), LoraConfig(r=1, lora_alpha=2, target_modules=["proj"])
+    )  # scale 2
     layer = model.base_model.model.proj
     with torch.no_grad():
         layer.base_layer.weight.copy_(torch.eye(2))
@@ -163,7 +169,11 @@ def test_lora_merged_runs_no_adapter_matmul_and_matches_the_adapted_model():
                 p.normal_()
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     calls = []
-    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for n, m in lm.model.named_modules() if n.endswith("lora_A.default")]
+    hooks = [
+        m.register_forward_hook(lambda *a: calls.append(1))
+        for n, m in lm.model.named_modules()
+        if n.endswith("lora_A.default")
+    ]
     ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
     with torch.no_grad():
         adapted = lm.model(ids).logits

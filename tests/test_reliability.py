@@ -681,7 +681,11 @@ class KillAt:
     def __init__(self, monkeypatch, at: int) -> None:
         self.at, self.count, self.dead, self.ops = at, 0, False, []
         self.wrote = False  # a checkpoint write finished (its COMPLETE marker is on disk)
-        real_replace, real_rmtree, real_write = os.replace, checkpoints.shutil.rmtree, checkpoints._write_checkpoint
+        real_replace, real_rmtree, real_write = (
+            os.replace,
+            checkpoints.shutil.rmtree,
+            checkpoints._write_checkpoint,
+        )
 
         def op(name, real):
             def run(*args, **kwargs):
@@ -719,7 +723,9 @@ def _resumed_step(events: list[str]) -> int:
 
 @pytest.mark.parametrize("keep", [1, 2])
 @pytest.mark.parametrize("same_step", [True, False], ids=["same-step", "next-step"])
-def test_a_kill_at_any_point_of_a_save_resumes_from_the_last_finished_save(tmp_path, keep, same_step):
+def test_a_kill_at_any_point_of_a_save_resumes_from_the_last_finished_save(
+    tmp_path, keep, same_step
+):
     """A resumed run saves a checkpoint of a step that already has one (``same_step``: resume at
     the last step, the final save) or of the next step (with the oldest rotated out). Killed
     before each file operation of that save in turn, ``--resume`` never starts earlier than the
@@ -743,7 +749,12 @@ def test_a_kill_at_any_point_of_a_save_resumes_from_the_last_finished_save(tmp_p
                 pass
         last_finished = 2 if (same_step or kill.wrote) else 1
         events: list[str] = []
-        train(load_config(run / "config.yaml", [("train.steps", "2")]), run, resume=True, on_event=events.append)
+        train(
+            load_config(run / "config.yaml", [("train.steps", "2")]),
+            run,
+            resume=True,
+            on_event=events.append,
+        )
         assert _resumed_step(events) >= last_finished, (at, kill.ops, events)
         assert train_steps(run) == [1, 2], (at, kill.ops)
         _assert_not_corrupt(run)

@@ -43,9 +43,15 @@ def test_seeding(tiny):
 
 def test_shared_prefill_matches_per_row_encoding_greedy(tiny):
     model, tok = tiny
-    shared = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, greedy=True), group_size=3)
+    shared = generate_rollouts(
+        model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, greedy=True), group_size=3
+    )
     plain = generate_rollouts(
-        model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, greedy=True, shared_prefill=False), group_size=3
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=8, greedy=True, shared_prefill=False),
+        group_size=3,
     )
     assert torch.equal(shared.completion_ids, plain.completion_ids)
     # greedy: every completion of a group is the same
@@ -104,8 +110,20 @@ def test_finished_length(ids, stop, expected):
 
 def test_batching_splits_work_but_not_results(tiny):
     model, tok = tiny
-    big = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=5, greedy=True, batch_size=64), group_size=2)
-    small = generate_rollouts(model, tok, PROMPTS, SamplingConfig(max_new_tokens=5, greedy=True, batch_size=2), group_size=2)
+    big = generate_rollouts(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=5, greedy=True, batch_size=64),
+        group_size=2,
+    )
+    small = generate_rollouts(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=5, greedy=True, batch_size=2),
+        group_size=2,
+    )
     assert torch.equal(big.completion_ids, small.completion_ids)
     assert big.prompt_index.tolist() == small.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -117,7 +135,9 @@ def _plain(cfg: SamplingConfig) -> SamplingConfig:
     return replace(cfg, shared_decode=False, shared_prefill=False)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.05])  # rows part at once / mostly agree and share prefixes
+@pytest.mark.parametrize(
+    "temperature", [1.0, 0.05]
+)  # rows part at once / mostly agree and share prefixes
 def test_shared_decode_samples_what_generate_samples(tiny, temperature):
     model, tok = tiny
     seeds = [11, 12, 13, 14]
@@ -137,12 +157,16 @@ def test_shared_decode_samples_what_generate_samples(tiny, temperature):
 def test_shared_decode_stops_at_eos_like_generate(tiny):
     model, tok = tiny
     cfg = SamplingConfig(max_new_tokens=8)
-    free = generate_rollouts(model, tok, LONGER, _plain(cfg), group_size=3, group_seeds=[1, 2, 3, 4])
+    free = generate_rollouts(
+        model, tok, LONGER, _plain(cfg), group_size=3, group_seeds=[1, 2, 3, 4]
+    )
     row = free.completion_ids[0].tolist()
     i = next(i for i in range(1, len(row)) if row[i] not in row[:i])
     model.generation_config.eos_token_id = row[i]  # row 0's first new token after its first ends it
     shared = generate_rollouts(model, tok, LONGER, cfg, group_size=3, group_seeds=[1, 2, 3, 4])
-    plain = generate_rollouts(model, tok, LONGER, _plain(cfg), group_size=3, group_seeds=[1, 2, 3, 4])
+    plain = generate_rollouts(
+        model, tok, LONGER, _plain(cfg), group_size=3, group_seeds=[1, 2, 3, 4]
+    )
     assert torch.equal(shared.completion_ids, plain.completion_ids)
     assert torch.equal(shared.completion_mask, plain.completion_mask)
     assert shared.completion_mask[0].sum().item() == i + 1 and not shared.truncated[0]
@@ -151,26 +175,54 @@ def test_shared_decode_stops_at_eos_like_generate(tiny):
 def test_shared_decode_runs_each_distinct_prefix_once(tiny):
     model, tok = tiny
     rows_run: list[int] = []
-    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: rows_run.append(o.shape[0]))
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, i, o: rows_run.append(o.shape[0])
+    )
     try:
         # greedy: a group's 4 rows never part, so every forward runs one row per prompt
-        greedy = generate_rollouts(model, tok, LONGER, SamplingConfig(max_new_tokens=5, greedy=True), group_size=4)
-        assert rows_run == [4] * 5  # the prompts, then 4 decode steps (the 5th token needs no forward)
+        greedy = generate_rollouts(
+            model, tok, LONGER, SamplingConfig(max_new_tokens=5, greedy=True), group_size=4
+        )
+        assert (
+            rows_run == [4] * 5
+        )  # the prompts, then 4 decode steps (the 5th token needs no forward)
         rows_run.clear()
-        b = generate_rollouts(model, tok, LONGER, SamplingConfig(max_new_tokens=5), group_size=4, group_seeds=[5, 6, 7, 8])
+        b = generate_rollouts(
+            model,
+            tok,
+            LONGER,
+            SamplingConfig(max_new_tokens=5),
+            group_size=4,
+            group_seeds=[5, 6, 7, 8],
+        )
     finally:
         hook.remove()
     assert torch.equal(greedy.completion_ids[::4], greedy.completion_ids[3::4])
     comp, length = b.completion_ids.tolist(), b.completion_mask.sum(1).tolist()
     # after t tokens, the rows still running (not ended within them) in distinct prefixes
-    distinct = [len({(r // 4, tuple(comp[r][:t])) for r in range(16) if length[r] > t}) for t in range(1, 5)]
+    distinct = [
+        len({(r // 4, tuple(comp[r][:t])) for r in range(16) if length[r] > t}) for t in range(1, 5)
+    ]
     assert rows_run == [4] + distinct
 
 
 def test_shared_decode_benchmark_times_both_paths_on_the_same_tokens():
     script = Path(__file__).parent.parent / "benchmarks" / "shared_decode.py"
-    args = ["--prompts", "3", "--group-size", "4", "--max-new-tokens", "4", "--repeats", "1", "--temperature", "0.05"]
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180)
+    args = [
+        "--prompts",
+        "3",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--temperature",
+        "0.05",
+    ]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["same_tokens"] is True and out["prompts"] == 3 and out["G"] == 4

@@ -27,7 +27,9 @@ def test_slip_warmup_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "slip"
     cmd = [sys.executable, str(SCRIPT), "--warmup-steps", "2", "--steps", "1", "--algos", "tspmo"]
     cmd += ["--threads", "1", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"tspmo"}

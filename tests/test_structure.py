@@ -52,7 +52,9 @@ def _is_core(name: str) -> bool:
 
 def _lab(name: str) -> bool:
     """A recipe or a benchmark (benchmarks/, outside the package): what the core must not import."""
-    return name.split(".")[0] == "benchmarks" or name.startswith(("tokenrl.recipes", "tokenrl.bench"))
+    return name.split(".")[0] == "benchmarks" or name.startswith(
+        ("tokenrl.recipes", "tokenrl.bench")
+    )
 
 
 def test_the_core_imports_neither_recipes_nor_benchmarks():
@@ -69,7 +71,9 @@ def test_the_core_imports_neither_recipes_nor_benchmarks():
 
 def test_the_check_sees_every_way_of_importing_the_benchmarks(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import benchmarks\nfrom benchmarks.trl import cli\ndef f():\n    import benchmarks.trl.run as r\n")
+    probe.write_text(
+        "import benchmarks\nfrom benchmarks.trl import cli\ndef f():\n    import benchmarks.trl.run as r\n"
+    )
     found = _imports(probe, top_level_only=False)
     assert {"benchmarks", "benchmarks.trl", "benchmarks.trl.run"} <= found and all(map(_lab, found))
     assert not _lab("benchmarking") and _lab("tokenrl.bench.run")
@@ -77,7 +81,9 @@ def test_the_check_sees_every_way_of_importing_the_benchmarks(tmp_path):
 
 def test_the_trl_benchmarks_live_in_the_checkout_not_the_package():
     assert not [name for name in MODULES if name.startswith("tokenrl.bench")]
-    assert (ROOT / "benchmarks" / "__init__.py").is_file() and (ROOT / "benchmarks" / "trl" / "cli.py").is_file()
+    assert (ROOT / "benchmarks" / "__init__.py").is_file() and (
+        ROOT / "benchmarks" / "trl" / "cli.py"
+    ).is_file()
 
 
 def test_module_level_imports_have_no_cycle():
@@ -91,7 +97,7 @@ def test_module_level_imports_have_no_cycle():
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt):], nxt]))
+                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
             if nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = 2
@@ -102,7 +108,11 @@ def test_module_level_imports_have_no_cycle():
 
 
 def test_every_module_is_under_400_lines():
-    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) >= 400}
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if (n := len(path.read_text().splitlines())) >= 400
+    }
     assert long == {}
 
 
@@ -113,7 +123,9 @@ def test_importing_the_training_code_loads_no_recipe_and_sets_no_environment():
         "assert not [m for m in sys.modules if m.startswith(('tokenrl.recipes', 'benchmarks'))]"
     )
     env = {"PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -173,7 +185,9 @@ def test_an_engine_merges_lora_only_for_sampled_rollouts(tiny, monkeypatch):
 def test_an_unknown_engine_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="choose one of shared, hf"):
         make_engine("vllm", None, None)
-    with pytest.raises(ConfigError, match=r"rollout.engine='vllm' is unknown.*use one of shared, hf"):
+    with pytest.raises(
+        ConfigError, match=r"rollout.engine='vllm' is unknown.*use one of shared, hf"
+    ):
         load_config(None, [("rollout.engine", "vllm")])
     assert set(ENGINES) == {"shared", "hf"}
 
@@ -183,15 +197,25 @@ def test_an_unknown_engine_is_refused_with_the_choices():
 
 
 def test_sgrpo_std_eps_must_not_be_negative():
-    with pytest.raises(ConfigError, match=r"sgrpo.std_eps=-1.0 is negative.*Fix: use a small positive value"):
+    with pytest.raises(
+        ConfigError, match=r"sgrpo.std_eps=-1.0 is negative.*Fix: use a small positive value"
+    ):
         load_config(None, parse_overrides(["--train.algo", "sgrpo", "--sgrpo.std_eps", "-1"]))
 
 
 def test_a_setting_for_an_algorithm_that_does_not_run_is_refused(capsys):
-    with pytest.raises(ConfigError, match=r"grpo.beta set for a run of train.algo='sgrpo'.*--sgrpo.beta.*--train.algo grpo"):
+    with pytest.raises(
+        ConfigError,
+        match=r"grpo.beta set for a run of train.algo='sgrpo'.*--sgrpo.beta.*--train.algo grpo",
+    ):
         load_config(None, parse_overrides(["--train.algo", "sgrpo", "--grpo.beta", "0.04"]))
     # the selected algorithm's own section is fine, and so is a config file holding every section
-    assert load_config(None, parse_overrides(["--train.algo", "sgrpo", "--sgrpo.beta", "0.04"])).sgrpo.beta == 0.04
+    assert (
+        load_config(
+            None, parse_overrides(["--train.algo", "sgrpo", "--sgrpo.beta", "0.04"])
+        ).sgrpo.beta
+        == 0.04
+    )
     assert main(["train", "--algo", "sgrpo", "--grpo.beta", "0.04", "--out", "/nonexistent/x"]) == 2
     assert "the grpo section is not used" in capsys.readouterr().err
 

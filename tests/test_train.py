@@ -40,10 +40,20 @@ def quick_config(*extra: str):
 
 @pytest.mark.parametrize("algo", ["grpo", "sgrpo", "tspmo"])
 def test_a_short_run_writes_every_file(tmp_path, algo):
-    extra = {"tspmo": ["--tspmo.replay.every", "2"], "sgrpo": ["--sgrpo.alpha", "2", "--sgrpo.k", "5"]}.get(algo, [])
+    extra = {
+        "tspmo": ["--tspmo.replay.every", "2"],
+        "sgrpo": ["--sgrpo.alpha", "2", "--sgrpo.k", "5"],
+    }.get(algo, [])
     cfg = quick_config("--train.algo", algo, "--train.steps", "4", *extra)
     summary = train(cfg, tmp_path, on_event=lambda s: None)
-    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "report.png", "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "eval.json",
+        "report.png",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "report.png").stat().st_size > 10_000
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
@@ -73,7 +83,10 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert {"step", "prompt", "completion", "reward", "gold"} <= samples[0].keys()
     # checkpoints keep the last 2
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-000002",
+        "step-000004",
+    ]
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -85,12 +98,23 @@ def test_sampling_with_the_adapter_merged_trains_the_same_run(tmp_path):
     they are: the same completions, rewards and (to float rounding) the same adapter."""
     runs = {}
     for merge in ("false", "true"):
-        cfg = quick_config("--train.algo", "sgrpo", "--train.steps", "3", "--sgrpo.alpha", "2", "--rollout.merge_lora", merge)
+        cfg = quick_config(
+            "--train.algo",
+            "sgrpo",
+            "--train.steps",
+            "3",
+            "--sgrpo.alpha",
+            "2",
+            "--rollout.merge_lora",
+            merge,
+        )
         train(cfg, tmp_path / merge, on_event=lambda s: None)
         runs[merge] = tmp_path / merge
     samples = {m: [(r["completion"], r["reward"]) for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines())]
                for m, run in runs.items()}  # fmt: skip
-    assert samples["true"] == samples["false"] and len(samples["true"]) == 3 * 4  # log.samples_count a step
+    assert (
+        samples["true"] == samples["false"] and len(samples["true"]) == 3 * 4
+    )  # log.samples_count a step
     plain, merged = _adapter(runs["false"]), _adapter(runs["true"])
     assert plain.keys() == merged.keys()
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in merged.items() if "lora_B" in k)
@@ -118,7 +142,9 @@ def test_killed_run_resumes_exactly(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "adapter").exists(), "the run finished before the kill: nothing was resumed"
+    assert not (killed / "adapter").exists(), (
+        "the run finished before the kill: nothing was resumed"
+    )
 
     proc = _cli("--resume", str(killed))
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
@@ -170,7 +196,9 @@ def test_help_lists_every_option(capsys):
 
 def test_yaml_config_and_overrides(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("train:\n  algo: tspmo\n  steps: 7\ntspmo:\n  replay:\n    every: 3\nlora:\n  target_modules: [q_proj, v_proj]\n")
+    path.write_text(
+        "train:\n  algo: tspmo\n  steps: 7\ntspmo:\n  replay:\n    every: 3\nlora:\n  target_modules: [q_proj, v_proj]\n"
+    )
     cfg = load_config(path, parse_overrides(["--train.steps", "9", "--tspmo.replay.cut=growing"]))
     assert (cfg.train.algo, cfg.train.steps) == ("tspmo", 9)
     assert cfg.tspmo.replay.every == 3 and cfg.tspmo.replay.cut == "growing"
@@ -203,7 +231,9 @@ def test_compare_and_merge(tmp_path, capsys):
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", sorted((TESTS.parent / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((TESTS.parent / "configs").rglob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_configs_load_and_validate(path):
     cfg = load_config(path)
     assert cfg.train.algo in path.stem or path.stem == "quick"
@@ -263,10 +293,16 @@ def test_autocast_runs_sampling_and_the_update_in_bf16(tmp_path, monkeypatch):
         runs[mode] = (set(dtypes), _adapter(tmp_path / mode))
     assert runs["none"][0] == {(torch.float32, False), (torch.float32, True)}
     # sampling (no gradients) and the update in bf16; the final evaluation stays in float32
-    assert runs["bf16"][0] == {(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)}
+    assert runs["bf16"][0] == {
+        (torch.bfloat16, False),
+        (torch.bfloat16, True),
+        (torch.float32, False),
+    }
     a, b = runs["none"][1], runs["bf16"][1]
     assert all(torch.isfinite(b[k]).all() for k in b)
-    assert any(not torch.equal(a[k], b[k]) for k in a if "lora_B" in k)  # bf16 products round differently
+    assert any(
+        not torch.equal(a[k], b[k]) for k in a if "lora_B" in k
+    )  # bf16 products round differently
 
 
 def test_shared_prompt_gives_the_same_update(tmp_path):

@@ -124,10 +124,16 @@ def train(
         elif model is not None:
             if tokenizer is None:
                 raise ConfigError("a loaded model needs its tokenizer: pass tokenizer=...")
-            set_value(cfg, "model.name", getattr(getattr(model, "config", None), "_name_or_path", "") or "passed-in")
+            set_value(
+                cfg,
+                "model.name",
+                getattr(getattr(model, "config", None), "_name_or_path", "") or "passed-in",
+            )
         if out.exists() and any(out.iterdir()):
             if not overwrite:
-                raise ConfigError(f"{out} already holds a run; pass resume=True to continue it, overwrite=True to replace it, or another out")
+                raise ConfigError(
+                    f"{out} already holds a run; pass resume=True to continue it, overwrite=True to replace it, or another out"
+                )
             shutil.rmtree(out)  # before the dataset is written into it
         if dataset is not None:
             _set_dataset(cfg, dataset, test_dataset, out, question_column, answer_column, id_column)
@@ -141,7 +147,9 @@ def train(
                 set_value(cfg, "task.reward_weights", list(reward_weights))
         weights = list(reward_weights) if reward_weights else [1.0] * len(fns)
         if len(weights) != len(fns):
-            raise ConfigError(f"{len(fns)} reward functions but {len(weights)} reward_weights: give one weight each")
+            raise ConfigError(
+                f"{len(fns)} reward functions but {len(weights)} reward_weights: give one weight each"
+            )
         rewards = list(zip(fns, weights, strict=True))
     cfg.validate()
     loaded = (model, tokenizer) if model is not None and not isinstance(model, str) else None
@@ -203,7 +211,9 @@ def _rows(data: Any) -> list[dict[str, Any]]:
         rows = list(data)
         if all(isinstance(r, Mapping) for r in rows):
             return [dict(r) for r in rows]
-    raise ConfigError(f"dataset must be a task spec, a path, a list of dicts or a datasets.Dataset, got {type(data).__name__}")
+    raise ConfigError(
+        f"dataset must be a task spec, a path, a list of dicts or a datasets.Dataset, got {type(data).__name__}"
+    )
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -213,7 +223,9 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
             f.write(json.dumps(row, default=str) + "\n")
 
 
-def _set_dataset(cfg: Config, dataset: Any, test: Any, out: Path, q: str, a: str, id_col: str | None) -> None:
+def _set_dataset(
+    cfg: Config, dataset: Any, test: Any, out: Path, q: str, a: str, id_col: str | None
+) -> None:
     """Point ``cfg.task`` at the dataset: a spec or path as given; rows written under out/data."""
     options = {"question_field": q, "answer_field": a, "id_field": id_col}
     if isinstance(dataset, str | Path) and not str(dataset).endswith(".jsonl") and test is None:
@@ -228,7 +240,9 @@ def _set_dataset(cfg: Config, dataset: Any, test: Any, out: Path, q: str, a: str
         train_path = out.resolve() / "data" / "train.jsonl"
         _write_jsonl(_rows(dataset), train_path)
     if test is not None:
-        test_path = Path(test) if isinstance(test, str | Path) else out.resolve() / "data" / "test.jsonl"
+        test_path = (
+            Path(test) if isinstance(test, str | Path) else out.resolve() / "data" / "test.jsonl"
+        )
         if not isinstance(test, str | Path):
             _write_jsonl(_rows(test), test_path)
         options["test_path"] = str(test_path)
@@ -239,7 +253,11 @@ def _set_dataset(cfg: Config, dataset: Any, test: Any, out: Path, q: str, a: str
 def _reward_list(reward_funcs: Any) -> list[Callable | str]:
     if reward_funcs is None:
         return []
-    return [reward_funcs] if callable(reward_funcs) or isinstance(reward_funcs, str) else list(reward_funcs)
+    return (
+        [reward_funcs]
+        if callable(reward_funcs) or isinstance(reward_funcs, str)
+        else list(reward_funcs)
+    )
 
 
 def _importable_name(fn: Callable) -> str | None:
@@ -248,6 +266,10 @@ def _importable_name(fn: Callable) -> str | None:
     if module in ("", "__main__") or "<" in qualname:
         return None
     try:
-        return function_name(fn) if getattr(importlib.import_module(module), qualname, None) is fn else None
+        return (
+            function_name(fn)
+            if getattr(importlib.import_module(module), qualname, None) is fn
+            else None
+        )
     except ImportError:
         return None

@@ -48,7 +48,9 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / CHECKPOINT_DONE).exists()]
+    done = [
+        p for p in root.iterdir() if p.name.startswith("step-") and (p / CHECKPOINT_DONE).exists()
+    ]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -220,5 +222,7 @@ def latest_loadable_checkpoint(tr: Trainer, report: Callable[[str], None]) -> Pa
         except UnsafeCheckpointError:
             raise
         except Exception as err:  # a truncated or corrupt file: say so, try the previous one
-            report(f"checkpoint {ckpt} is unreadable ({err.__class__.__name__}: {err}); trying an older one")
+            report(
+                f"checkpoint {ckpt} is unreadable ({err.__class__.__name__}: {err}); trying an older one"
+            )
     return None

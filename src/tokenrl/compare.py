@@ -14,7 +14,9 @@ from tokenrl.runlog import read_jsonl
 def load_run(run: Path) -> dict[str, Any]:
     path = run / "eval.json"
     if not path.exists() or "after" not in json.loads(path.read_text()):
-        raise RunError(f"{run} has no finished eval.json: is it a completed tokenrl train run folder?")
+        raise RunError(
+            f"{run} has no finished eval.json: is it a completed tokenrl train run folder?"
+        )
     return json.loads(path.read_text())
 
 
@@ -66,7 +68,11 @@ def compare_runs(runs: list[Path], out: Path | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     (out / "compare.md").write_text(table + "\n")
-    plot_runs({r.name: read_jsonl(r / "metrics.jsonl") for r in runs}, out / "compare.png", "tokenrl compare")
+    plot_runs(
+        {r.name: read_jsonl(r / "metrics.jsonl") for r in runs},
+        out / "compare.png",
+        "tokenrl compare",
+    )
     return table
 
 

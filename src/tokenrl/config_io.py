@@ -109,14 +109,25 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
-            _fail(f"{key} expects a mapping, got {value!r}", f"write e.g. --{key} '{{name: value}}'")
+            _fail(
+                f"{key} expects a mapping, got {value!r}", f"write e.g. --{key} '{{name: value}}'"
+            )
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "1",
+            "on",
+            "false",
+            "no",
+            "0",
+            "off",
+        ):
             return value.lower() in ("true", "yes", "1", "on")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
@@ -168,7 +179,10 @@ def set_value(cfg: Any, key: str, value: Any) -> None:
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(child):
                 if not isinstance(value, dict):
-                    _fail(f"{key} is a group of settings", f"set its fields, e.g. --{key}.{dataclasses.fields(child)[0].name} VALUE")
+                    _fail(
+                        f"{key} is a group of settings",
+                        f"set its fields, e.g. --{key}.{dataclasses.fields(child)[0].name} VALUE",
+                    )
                 for sub, v in value.items():
                     set_value(cfg, f"{key}.{sub}", v)
                 return
@@ -176,7 +190,10 @@ def set_value(cfg: Any, key: str, value: Any) -> None:
             setattr(node, name, coerce(value, hints[name], key))
             return
         if not dataclasses.is_dataclass(child):
-            _fail(f"config key {key!r}: {'.'.join(parts[: depth + 1])} is a value, not a section", "drop the extra part")
+            _fail(
+                f"config key {key!r}: {'.'.join(parts[: depth + 1])} is a value, not a section",
+                "drop the extra part",
+            )
         node = child
 
 
@@ -198,7 +215,10 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
     while i < len(tokens):
         tok = tokens[i]
         if not tok.startswith("--") or "." not in tok.split("=")[0]:
-            _fail(f"unexpected argument {tok!r}", "overrides are written --SECTION.FIELD VALUE, e.g. --train.steps 50")
+            _fail(
+                f"unexpected argument {tok!r}",
+                "overrides are written --SECTION.FIELD VALUE, e.g. --train.steps 50",
+            )
         if "=" in tok:
             key, value = tok[2:].split("=", 1)
             i += 1

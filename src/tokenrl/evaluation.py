@@ -106,7 +106,10 @@ def evaluate(
     n = len(examples)
     first = [r for r in records if r["sample"] == 0]
     correct = sum(int(r["reward"] > 0) for r in first)
-    counts = [sum(int(r["reward"] > 0) for r in records[i * samples : (i + 1) * samples]) for i in range(n)]
+    counts = [
+        sum(int(r["reward"] > 0) for r in records[i * samples : (i + 1) * samples])
+        for i in range(n)
+    ]
     pass_at = {k: mean_pass_at_k(counts, samples, k) for k in _ks(samples)} if samples > 1 else {}
     by_type: dict[str, list[int]] = defaultdict(list)
     for ex, r in zip(examples, first):

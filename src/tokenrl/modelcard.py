@@ -59,7 +59,11 @@ def model_card(cfg: dict[str, Any], summary: dict[str, Any], command: str | None
         f"{rollout['prompts_per_step']} prompts x {rollout['group_size']} completions a step, "
         f"at most {rollout['max_new_tokens']} new tokens, temperature {rollout['temperature']}; "
         f"AdamW lr {optim['lr']}. Tokens in the loss: "
-        + (f"{100 * summary['tokens_update_frac']:.1f}%" if summary.get("tokens_update_frac") is not None else "-")
+        + (
+            f"{100 * summary['tokens_update_frac']:.1f}%"
+            if summary.get("tokens_update_frac") is not None
+            else "-"
+        )
         + ". The whole configuration is the run folder's `config.yaml`.",
         "",
         "Use it with peft:",
@@ -74,7 +78,9 @@ def model_card(cfg: dict[str, Any], summary: dict[str, Any], command: str | None
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(adapter_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], command: str | None = None) -> Path:
+def write_model_card(
+    adapter_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], command: str | None = None
+) -> Path:
     """Write (replace) ``adapter_dir/README.md``; returns its path."""
     path = Path(adapter_dir) / "README.md"
     path.write_text(model_card(cfg, summary, command), encoding="utf-8")

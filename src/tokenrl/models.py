@@ -335,7 +335,9 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 
 
-def wrap_loaded(model: nn.Module, tokenizer: Any, *, name: str, lora: LoraSpec | None) -> LoadedModel:
+def wrap_loaded(
+    model: nn.Module, tokenizer: Any, *, name: str, lora: LoraSpec | None
+) -> LoadedModel:
     """An already loaded ``transformers`` model and tokenizer (the Python API), prepared as
     :func:`load_model` prepares the models it loads: pad token, left padding, a new adapter."""
     if tokenizer.pad_token_id is None:
@@ -346,5 +348,9 @@ def wrap_loaded(model: nn.Module, tokenizer: Any, *, name: str, lora: LoraSpec |
     if lora is not None:
         model = apply_lora(model, lora)
     device = next(model.parameters()).device
-    info = {"spec": name, "source": "passed in", "params": sum(p.numel() for p in model.parameters())}
+    info = {
+        "spec": name,
+        "source": "passed in",
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     return LoadedModel(model=model, tokenizer=tokenizer, spec=name, device=device, info=info)

@@ -89,7 +89,9 @@ class RewardSet:
     def of(cls, fns: Sequence[Callable], weights: Sequence[float] | None = None) -> RewardSet:
         weights = list(weights) if weights else [1.0] * len(fns)
         if len(weights) != len(fns):
-            raise ValueError(f"{len(fns)} reward functions but {len(weights)} weights: give one weight each")
+            raise ValueError(
+                f"{len(fns)} reward functions but {len(weights)} weights: give one weight each"
+            )
         return cls([Reward(fn, w) for fn, w in zip(fns, weights, strict=True)])
 
     @property
@@ -97,7 +99,12 @@ class RewardSet:
         return [r.name for r in self.rewards]
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], examples: Sequence[Any], *, on_error: str = "raise"
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        examples: Sequence[Any],
+        *,
+        on_error: str = "raise",
     ) -> Scores:
         """Score ``completions`` (of ``prompts``, for ``examples``): the weighted sum per row."""
         total = [0.0] * len(completions)
@@ -132,7 +139,11 @@ def columns_of(examples: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def _call_trl(
-    r: Reward, prompts: Sequence[str], completions: Sequence[str], examples: Sequence[Any], on_error: str
+    r: Reward,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    examples: Sequence[Any],
+    on_error: str,
 ) -> tuple[list[float | None], int]:
     """One batched call of a TRL-style function, its result checked value by value."""
     n = len(completions)
@@ -144,7 +155,9 @@ def _call_trl(
         if on_error == "zero":
             return [0.0] * n, n
         trace = "".join(traceback.format_exception(err)).rstrip()
-        raise RewardError(f"{where} raised {err.__class__.__name__} on a batch of {n} completions:\n{trace}\n{fix}") from err
+        raise RewardError(
+            f"{where} raised {err.__class__.__name__} on a batch of {n} completions:\n{trace}\n{fix}"
+        ) from err
     if isinstance(result, str | bytes) or not hasattr(result, "__len__") or len(result) != n:
         got = f"{len(result)} values" if hasattr(result, "__len__") else f"{result!r}"
         raise RewardError(

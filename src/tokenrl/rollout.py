@@ -10,12 +10,13 @@ completion length.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from tokenrl.keyed import KeyedSampler, derive_seed  # noqa: F401 (derive_seed: re-exported)
 
 
 @dataclass
@@ -67,16 +68,25 @@ class SamplingConfig:
     greedy: bool = False  # argmax decoding (evaluation); ignores temperature / top_p
     stop: tuple[str, ...] = ()  # stop strings; the completion ends with the one that matched
     shared_prefill: bool = True  # encode each prompt once per group, not G times (measured faster)
-    shared_decode: bool = True  # run each distinct completion prefix once per decode step (_generate_shared)
+    shared_decode: bool = (
+        True  # run each distinct completion prefix once per decode step (_generate_shared)
+    )
     batch_size: int = 64  # most rows generated at once
 
     def generate_kwargs(self) -> dict:
         if self.greedy:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": None,
+        }
 
 
-def _finished_length(ids: list[int], end_ids: set[int], text_of, stop: tuple[str, ...]) -> tuple[int, bool]:
+def _finished_length(
+    ids: list[int], end_ids: set[int], text_of, stop: tuple[str, ...]
+) -> tuple[int, bool]:
     """Length of a generated row (EOS included) and whether it was truncated.
 
     Rows that finished early are padded by ``generate`` with the pad token, which may equal EOS.
@@ -112,7 +122,9 @@ def generate_rollouts(
     on which other prompts share its ``generate`` call: the trainer relies on this to make
     data-parallel runs match a single process (docs/distributed.md).
     """
-    if group_seeds is not None and len(group_seeds) != len(prompt_ids if prompt_ids is not None else prompts):
+    if group_seeds is not None and len(group_seeds) != len(
+        prompt_ids if prompt_ids is not None else prompts
+    ):
         raise ValueError("group_seeds needs one seed per prompt")
     if prompt_ids is None:
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -132,7 +144,9 @@ def generate_rollouts(
         for start in range(0, len(prompt_ids), prompts_per_call):
             chunk = prompt_ids[start : start + prompts_per_call]
             seeds = None if group_seeds is None else group_seeds[start : start + prompts_per_call]
-            out = _generate_chunk(model, tokenizer, chunk, sampling, group_size, pad_id, device, seeds)
+            out = _generate_chunk(
+                model, tokenizer, chunk, sampling, group_size, pad_id, device, seeds
+            )
             for j, completion in enumerate(out.tolist()):
                 rows.append((chunk[j // group_size], completion, start + j // group_size))
     finally:
@@ -193,33 +207,6 @@ def mask_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0)
 
 
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from ``parts``, the same in every process and Python run (no ``hash()``)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class KeyedSampler:
-    """Sample each row from its own generator: argmax(scores + Gumbel noise) (Gumbel-max trick).
-
-    With i.i.d. Gumbel(0, 1) noise g_v, argmax_v (s_v + g_v) is distributed as softmax(s), so
-    greedy decoding of the noisy scores samples from the (temperature / top-p warped) model. Row
-    b's noise comes from a generator seeded with ``seeds[b]`` that draws V numbers per generated
-    token, so its t-th token depends only on its own seed and logits, never on the batch around
-    it. Scores [B, V] -> [B, V]. A ``generate`` logits processor (called once per new token).
-    """
-
-    def __init__(self, seeds: list[int], device: torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        V = scores.shape[-1]
-        u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self.generators])  # [B, V]
-        # u = 0 would give -inf noise; clamp to the smallest positive float instead.
-        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))  # [B, V]
-        return scores + gumbel.to(scores.dtype)
-
-
 def _keyed_kwargs(sampling: SamplingConfig, seeds: list[int], G: int, device) -> dict:
     """generate() options for :class:`KeyedSampler`: warp the scores, add noise, take the argmax."""
     from transformers.generation.logits_process import (
@@ -228,7 +215,9 @@ def _keyed_kwargs(sampling: SamplingConfig, seeds: list[int], G: int, device) ->
         TopPLogitsWarper,
     )
 
-    row_seeds = [derive_seed(s, j) for s in seeds for j in range(G)]  # row b = prompt b // G, sample b % G
+    row_seeds = [
+        derive_seed(s, j) for s in seeds for j in range(G)
+    ]  # row b = prompt b // G, sample b % G
     processors: list = []
     if sampling.temperature != 1.0:
         processors.append(TemperatureLogitsWarper(sampling.temperature))
@@ -239,7 +228,9 @@ def _keyed_kwargs(sampling: SamplingConfig, seeds: list[int], G: int, device) ->
     return {**greedy, "logits_processor": LogitsProcessorList(processors)}
 
 
-def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, pad_id, device, seeds=None):
+def _generate_chunk(
+    model, tokenizer, chunk, sampling: SamplingConfig, G: int, pad_id, device, seeds=None
+):
     """Generate G completions for each prompt of ``chunk``; returns only the new tokens [n*G, T].
 
     ``seeds`` (one per prompt of the chunk) switches to per-row generators (:class:`KeyedSampler`).
@@ -248,7 +239,12 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
     sample_kwargs = sampling.generate_kwargs()
     if seeds is not None and not sampling.greedy:
         sample_kwargs = _keyed_kwargs(sampling, seeds, G, device)
-    if sampling.shared_decode and G > 1 and (sampling.greedy or seeds is not None) and not _extra_processors(model):
+    if (
+        sampling.shared_decode
+        and G > 1
+        and (sampling.greedy or seeds is not None)
+        and not _extra_processors(model)
+    ):
         processors = sample_kwargs.get("logits_processor", [])
         return _generate_shared(model, tokenizer, ids, mask, G, processors, sampling, pad_id)
     kwargs = dict(
@@ -264,7 +260,10 @@ def _generate_chunk(model, tokenizer, chunk, sampling: SamplingConfig, G: int, p
         # the last prompt token for each of the n*G rows.
         # positions as generate makes them (the model's own arange would shift left-padded rows)
         prefill = model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=mask_position_ids(mask[:, :-1]), use_cache=True
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=mask_position_ids(mask[:, :-1]),
+            use_cache=True,
         )
         cache = prefill.cache
         cache.batch_repeat_interleave(G)
@@ -305,7 +304,11 @@ _GENERATE_PROCESSOR_FIELDS = (
 def _extra_processors(model) -> list[str]:
     """The fields of ``model.generation_config`` that would add a ``generate`` logits processor."""
     cfg = getattr(model, "generation_config", None)
-    return [f for f in _GENERATE_PROCESSOR_FIELDS if getattr(cfg, f, None) not in (None, 0, 1.0, False, [], {})]
+    return [
+        f
+        for f in _GENERATE_PROCESSOR_FIELDS
+        if getattr(cfg, f, None) not in (None, 0, 1.0, False, [], {})
+    ]
 
 
 def _last_logits(model, **inputs) -> tuple[torch.Tensor, object]:
@@ -318,7 +321,9 @@ def _last_logits(model, **inputs) -> tuple[torch.Tensor, object]:
 
 
 @torch.no_grad()
-def _generate_shared(model, tokenizer, ids, mask, G: int, processors, sampling: SamplingConfig, pad_id):
+def _generate_shared(
+    model, tokenizer, ids, mask, G: int, processors, sampling: SamplingConfig, pad_id
+):
     """``generate``'s greedy loop over n prompts x G rows, with each distinct prefix run once.
 
     Rows that have sampled the same tokens so far (the G rows of a prompt before they part, and
@@ -335,11 +340,17 @@ def _generate_shared(model, tokenizer, ids, mask, G: int, processors, sampling: 
 
     n, P = ids.shape
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=ids.device)
+    eos = torch.tensor(
+        eos if isinstance(eos, list) else [] if eos is None else [eos], device=ids.device
+    )
     stop = StopStringCriteria(tokenizer, list(sampling.stop)) if sampling.stop else None
-    logits, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=mask_position_ids(mask))
+    logits, cache = _last_logits(
+        model, input_ids=ids, attention_mask=mask, position_ids=mask_position_ids(mask)
+    )
     prefix_mask = mask  # [U, P + t] attention mask of each distinct prefix
-    of_row = torch.arange(n, device=ids.device).repeat_interleave(G)  # [B] each row's distinct prefix
+    of_row = torch.arange(n, device=ids.device).repeat_interleave(
+        G
+    )  # [B] each row's distinct prefix
     rows = ids.repeat_interleave(G, 0)  # [B, P + t] every row's tokens so far
     running = torch.ones(n * G, dtype=torch.bool, device=ids.device)
     for t in range(sampling.max_new_tokens):
@@ -361,5 +372,7 @@ def _generate_shared(model, tokenizer, ids, mask, G: int, processors, sampling: 
         prefix_mask = torch.cat([prefix_mask[parent], prefix_mask.new_ones(len(keys), 1)], 1)
         logits, cache = _last_logits(model, input_ids=new_token[:, None], attention_mask=prefix_mask,
                                      position_ids=mask_position_ids(prefix_mask)[:, -1:], cache=cache)  # fmt: skip
-        of_row = torch.zeros_like(of_row).masked_scatter(running, inverse)  # finished rows: any prefix
+        of_row = torch.zeros_like(of_row).masked_scatter(
+            running, inverse
+        )  # finished rows: any prefix
     return rows[:, P:]

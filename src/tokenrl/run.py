@@ -72,7 +72,9 @@ def train(
     try:
         if main and out.is_dir():
             lock.acquire()  # a second trainer is refused before it loads a model
-        tr = build_trainer(cfg, out, device=device, dist=dist, model=model, rewards=rewards)  # reads the data and loads the model: fails before any write
+        tr = build_trainer(
+            cfg, out, device=device, dist=dist, model=model, rewards=rewards
+        )  # reads the data and loads the model: fails before any write
         if main:
             lock.acquire()  # creates out
             if overwrite:
@@ -102,7 +104,9 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
     cfg, out, dist = tr.cfg, tr.out, tr.dist
     main = dist.is_main
     summary_path = out / "eval.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
+    summary: dict[str, Any] = (
+        json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
+    )
     if resume:
         if main:  # the evaluation at the checkpoint's step runs again: before training or final
             redo_before = tr.step == 0 and cfg.train.eval_before and "before" not in summary
@@ -126,7 +130,11 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
                     logger.write(m)
                 trim_heap()  # freed transient tensors back to the OS (tokenrl.heap)
                 check_nonfinite(tr, m, on_event)
-                if cfg.train.eval_every and tr.step % cfg.train.eval_every == 0 and tr.step < cfg.train.steps:
+                if (
+                    cfg.train.eval_every
+                    and tr.step % cfg.train.eval_every == 0
+                    and tr.step < cfg.train.steps
+                ):
                     result = run_eval(tr)
                     logger.write(eval_metrics(result, tr.step))
                     last_acc = result.accuracy
@@ -171,8 +179,12 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
     if "before" in summary:
         summary["gain_points"] = 100 * (after.accuracy - summary["before"]["accuracy"])
     write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
-    write_model_card(out / "adapter", cfg.to_dict(), summary, f"tokenrl train {out / 'config.yaml'}")
-    plot_run(records, out / "report.png", title=f"{cfg.train.algo} on {cfg.task.name} ({cfg.model.name})")
+    write_model_card(
+        out / "adapter", cfg.to_dict(), summary, f"tokenrl train {out / 'config.yaml'}"
+    )
+    plot_run(
+        records, out / "report.png", title=f"{cfg.train.algo} on {cfg.task.name} ({cfg.model.name})"
+    )
     dist.broadcast(summary)
     shutdown(dist)
     return summary
@@ -186,11 +198,15 @@ def check_nonfinite(tr: Trainer, metrics: dict[str, Any], on_event: Callable[[st
     """Report a step whose update was skipped for a non-finite loss or gradient; raise
     :class:`RunError` once ``optim.max_nonfinite_steps`` updates in a row were skipped."""
     if metrics.get("update/nonfinite"):
-        on_event(f"step {tr.step}: non-finite loss or gradient, update skipped ({tr.nonfinite_streak} in a row)")
+        on_event(
+            f"step {tr.step}: non-finite loss or gradient, update skipped ({tr.nonfinite_streak} in a row)"
+        )
     limit = tr.cfg.optim.max_nonfinite_steps
     if limit and tr.nonfinite_streak >= limit:
         done = checkpoint_dirs(tr.out)
-        raise RunError(nonfinite_stop_message(tr.nonfinite_streak, tr.step, limit, done[-1] if done else None))
+        raise RunError(
+            nonfinite_stop_message(tr.nonfinite_streak, tr.step, limit, done[-1] if done else None)
+        )
 
 
 def interrupted_message(tr: Trainer, stop: StopRequest) -> str:

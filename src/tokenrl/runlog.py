@@ -33,7 +33,9 @@ def eval_metrics(result: EvalResult, step: int) -> dict[str, Any]:
     }
 
 
-def write_samples(tr: Trainer, batch: RolloutBatch, rewards: torch.Tensor, examples, prefixes) -> None:
+def write_samples(
+    tr: Trainer, batch: RolloutBatch, rewards: torch.Tensor, examples, prefixes
+) -> None:
     with open(tr.out / "samples.jsonl", "a", encoding="utf-8") as f:
         for row in range(min(tr.cfg.log.samples_count, len(batch.texts))):
             i = int(batch.prompt_index[row])
@@ -119,7 +121,10 @@ class MetricsLogger:
 
     def write(self, metrics: dict[str, Any]) -> None:
         # a NaN or inf (a skipped non-finite update) is written as null: the file stays strict JSON
-        metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+        metrics = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in metrics.items()
+        }
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
         if self.tb is not None:

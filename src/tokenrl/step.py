@@ -166,7 +166,9 @@ def finish(
     }
     if tr.lm.device.type == "cuda":
         metrics["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics = tr.dist.combine(metrics, rows=rows, tokens=n_tokens)  # each rank's share -> whole batch
+    metrics = tr.dist.combine(
+        metrics, rows=rows, tokens=n_tokens
+    )  # each rank's share -> whole batch
     if tr.cfg.log.samples_every and tr.step % tr.cfg.log.samples_every == 0 and tr.dist.is_main:
         write_samples(tr, batch, rewards, prompts.examples, prompts.prefixes)
     return metrics
@@ -174,7 +176,9 @@ def finish(
 
 def reward_means(tr: Trainer, scores: Scores, fresh: list[bool]) -> dict[str, float | None]:
     """``reward/<name>``: each function's mean over every rank's fresh rows (``None`` left out)."""
-    mine = [(name, v) for name, values in scores.by_name.items() for v, f in zip(values, fresh) if f]
+    mine = [
+        (name, v) for name, values in scores.by_name.items() for v, f in zip(values, fresh) if f
+    ]
     values: dict[str, list[float]] = {name: [] for name in scores.by_name}
     for name, v in tr.dist.cat_lists(mine):
         if v is not None:

@@ -181,7 +181,9 @@ def build_trainer(
     )
 
 
-def task_rewards(cfg: Config, task: Task, given: list[tuple[Any, float]] | None = None) -> RewardSet:
+def task_rewards(
+    cfg: Config, task: Task, given: list[tuple[Any, float]] | None = None
+) -> RewardSet:
     """The step's reward functions: ``given`` ``(function, weight)`` pairs, else those of
     ``cfg.task.reward`` with ``cfg.task.reward_weights`` (none: the task's exact match alone).
     "task" is the task's exact match; a "module:function" name is imported."""

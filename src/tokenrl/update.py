@@ -20,9 +20,17 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
     """
     cfg, algo_cfg = tr.cfg, tr.cfg.algo_config()
     has_target = inputs.logprob_mask.any(dim=1)  # [B] rows that need a forward pass
-    if not tr.dist.any(bool(has_target.any())):  # on any rank: a rank without targets still joins the all-reduce
+    if not tr.dist.any(
+        bool(has_target.any())
+    ):  # on any rank: a rank without targets still joins the all-reduce
         # every group had equal rewards (or no pairs): no gradient signal, nothing to run
-        return {"update/skipped": 1.0, "update/nonfinite": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "optim/grad_norm": 0.0}
+        return {
+            "update/skipped": 1.0,
+            "update/nonfinite": 0.0,
+            "loss/policy": 0.0,
+            "loss/kl": 0.0,
+            "optim/grad_norm": 0.0,
+        }
     G = batch.group_size
     groups = torch.arange(batch.prompt_ids.shape[0] // G)
     micro = [
@@ -33,7 +41,9 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
     micro = [rows[has_target[rows]] for rows in micro]
     micro = [rows for rows in micro if len(rows)]
     old_logp: dict[int, torch.Tensor] = {}
-    ref_logp: dict[int, torch.Tensor] = {}  # the reference never changes: computed once per micro-batch
+    ref_logp: dict[
+        int, torch.Tensor
+    ] = {}  # the reference never changes: computed once per micro-batch
     totals: dict[str, float] = {}
     grad_norm = torch.zeros(())
     skipped = 0.0
@@ -43,9 +53,13 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
         for j, rows in enumerate(micro):
             sub, sub_inputs = select_rows(batch, rows), inputs.select_rows(rows)
             with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # the forward only
-                logp = completion_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)  # [b, T]
+                logp = completion_logprobs(
+                    tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt
+                )  # [b, T]
                 if algo_cfg.beta > 0 and j not in ref_logp:
-                    ref_logp[j] = reference_logprobs(tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt)
+                    ref_logp[j] = reference_logprobs(
+                        tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt
+                    )
             loss, m = policy_loss(
                 logp,
                 old_logp.get(j),  # None on the first inner update: ratio pi / sg(pi)
@@ -63,7 +77,9 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
                 for k, v in m.items():
                     totals[k] = totals.get(k, 0.0) + v
         params = [p for p in tr.model.parameters() if p.requires_grad]
-        tr.dist.all_reduce_grads(params)  # data-parallel: sum the ranks' gradients (whole-batch loss)
+        tr.dist.all_reduce_grads(
+            params
+        )  # data-parallel: sum the ranks' gradients (whole-batch loss)
         loss_finite = not tr.dist.any(not loss_finite)  # skip on every rank or on none
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -75,4 +91,9 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
         tr.nonfinite_streak = 0
     if "loss/clip_frac" in totals:  # a fraction per micro-batch: average, do not add up
         totals["loss/clip_frac"] /= len(micro)
-    return {**totals, "optim/grad_norm": float(grad_norm), "update/skipped": skipped, "update/nonfinite": skipped}
+    return {
+        **totals,
+        "optim/grad_norm": float(grad_norm),
+        "update/skipped": skipped,
+        "update/nonfinite": skipped,
+    }

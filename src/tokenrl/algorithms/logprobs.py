@@ -44,7 +44,9 @@ from tokenrl.models import decoder_and_head
 from tokenrl.rollout import RolloutBatch, mask_position_ids
 
 
-def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _head_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """float32 logits [c, V] from [c, H] rows, in the weight's dtype even under autocast: backward
     recomputes them outside autocast and must get the very logits whose logsumexp forward kept."""
     with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -159,10 +161,15 @@ def _shared_prompt_states(
     holder[inverse] = torch.arange(ids.shape[0], device=ids.device)  # a row holding each prompt
     u_attn = p_attn[holder]  # [u, P']
     prompt_out = body(
-        input_ids=ids[holder, :split], attention_mask=u_attn, position_ids=mask_position_ids(u_attn), use_cache=True
+        input_ids=ids[holder, :split],
+        attention_mask=u_attn,
+        position_ids=mask_position_ids(u_attn),
+        use_cache=True,
     )
     cache = prompt_out.cache
-    cache.reorder_cache(inverse)  # [u, ...] -> [b, ...] by index_select: every row's gradient reaches its prompt
+    cache.reorder_cache(
+        inverse
+    )  # [u, ...] -> [b, ...] by index_select: every row's gradient reaches its prompt
     completion = body(
         input_ids=ids[:, split:],
         attention_mask=attn,
@@ -220,7 +227,10 @@ def selective_logprobs(
     offset = split  # column 0 of the shared states is position split - 1
     if states is None:
         states = body(
-            input_ids=ids, attention_mask=attn, position_ids=mask_position_ids(attn), use_cache=False
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=mask_position_ids(attn),
+            use_cache=False,
         ).last_hidden_state  # [b, L', H]
         offset = 1
     h = states[r, t - offset]  # [n, H]: the state at position t - 1 predicts token t
@@ -272,4 +282,6 @@ def reference_logprobs(
             "adapter (not a peft model); wrap it with apply_lora or set beta = 0"
         )
     with torch.no_grad(), model.disable_adapter():
-        return completion_logprobs(model, batch, token_mask, chunk_size=chunk_size, share_prompt=share_prompt)
+        return completion_logprobs(
+            model, batch, token_mask, chunk_size=chunk_size, share_prompt=share_prompt
+        )

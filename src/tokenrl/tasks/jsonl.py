@@ -165,7 +165,9 @@ class HubTask(JsonlTask):
     def _rows(self, split: Any, label: str, seen: dict[str, tuple[str, int]]) -> list[Example]:
         cfg = self.config
         columns = list(split.column_names)
-        for needed in [cfg.question_field, cfg.answer_field] + ([cfg.id_field] if cfg.id_field else []):
+        for needed in [cfg.question_field, cfg.answer_field] + (
+            [cfg.id_field] if cfg.id_field else []
+        ):
             if needed not in columns:
                 raise DataError(
                     f"split {label!r} has no column {needed!r}; its columns are {', '.join(columns)}. "
@@ -176,7 +178,9 @@ class HubTask(JsonlTask):
         for i, row in enumerate(split, start=1):
             example_id = str(row[cfg.id_field]) if cfg.id_field else f"{label}:{i}"
             if example_id in seen:
-                raise DataError(f"duplicate id {example_id!r}", file=cfg.path, line=i, field=cfg.id_field)
+                raise DataError(
+                    f"duplicate id {example_id!r}", file=cfg.path, line=i, field=cfg.id_field
+                )
             seen[example_id] = (label, i)
             out.append(self._example(row, example_id, f"{cfg.path} [{label}]", i))
         return out
@@ -190,13 +194,17 @@ def load_hub_dataset(path: str, name: str | None = None) -> Any:
     import datasets
 
     folder = Path(path)
-    if folder.is_dir() and ((folder / "dataset_dict.json").exists() or (folder / "state.json").exists()):
+    if folder.is_dir() and (
+        (folder / "dataset_dict.json").exists() or (folder / "state.json").exists()
+    ):
         data = datasets.load_from_disk(str(folder))
     else:
         try:
             data = datasets.load_dataset(path, name)
         except Exception as err:  # offline, no such repo, bad files: one message naming it
-            raise DataError(f"cannot load the dataset ({err.__class__.__name__}: {err})", file=path) from err
+            raise DataError(
+                f"cannot load the dataset ({err.__class__.__name__}: {err})", file=path
+            ) from err
     if isinstance(data, datasets.Dataset):
         data = datasets.DatasetDict({"train": data})
     return data

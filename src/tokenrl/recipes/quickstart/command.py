@@ -20,19 +20,57 @@ from tokenrl.recipes.quickstart.warmup import WarmupConfig
 def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", default=None, help="output folder (default: runs/quickstart-TIME)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a tiny:... spec (warmed up first) or a pretrained model (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="a tiny:... spec (warmed up first) or a pretrained model (default: %(default)s)",
+    )
     p.add_argument("--task", default=DEFAULT_TASK, help="task name (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the problems and every RL run (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=225, help="RL steps per method (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="most supervised warm-up steps (default: 1200; it stops earlier at 40%% validation accuracy)")
-    p.add_argument("--warmup-target", type=float, default=None, help="validation accuracy at which the warm-up stops (default: 0.4)")
-    p.add_argument("--algos", default=",".join(ALGOS), help="methods to train, comma-separated (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads of the warm-up and of each method (default: the cores shared out between the methods that run at once)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="methods trained at once, each in its own process (default: all; 1: one after another)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a tokenrl train setting replacing the quickstart's, e.g. rollout.temperature=0.7 (repeatable)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the warm-up, the problems and every RL run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=225, help="RL steps per method (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="most supervised warm-up steps (default: 1200; it stops earlier at 40%% validation accuracy)",
+    )
+    p.add_argument(
+        "--warmup-target",
+        type=float,
+        default=None,
+        help="validation accuracy at which the warm-up stops (default: 0.4)",
+    )
+    p.add_argument(
+        "--algos",
+        default=",".join(ALGOS),
+        help="methods to train, comma-separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the warm-up and of each method (default: the cores shared out between the methods that run at once)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="methods trained at once, each in its own process (default: all; 1: one after another)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tokenrl train setting replacing the quickstart's, e.g. rollout.temperature=0.7 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -109,7 +109,11 @@ class QuickstartPlan:
     def split_options(self) -> dict[str, Any]:
         """Options that give the task this seed's train/test split: ``task_options`` and the seed
         for the built-in multiplication task, none for other tasks (their split is fixed)."""
-        return {**self.task_options, "seed": self.seed} if self.task.startswith("multiplication") else {}
+        return (
+            {**self.task_options, "seed": self.seed}
+            if self.task.startswith("multiplication")
+            else {}
+        )
 
     def warmup_task(self) -> Task:
         """The task the supervised warm-up trains on: ``task`` in the compact style, on this

@@ -132,7 +132,10 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
     write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_atomic(out / "report.md", report_markdown(report))
-    runs = {algo: read_jsonl(Path(m["run_dir"]) / "metrics.jsonl") for algo, m in report["methods"].items()}
+    runs = {
+        algo: read_jsonl(Path(m["run_dir"]) / "metrics.jsonl")
+        for algo, m in report["methods"].items()
+    }
     s = report["settings"]
     plot_runs(runs, out / "report.png", f"tokenrl quickstart: {s['task']}, seed {s['seed']}")
 

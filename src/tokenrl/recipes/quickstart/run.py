@@ -65,7 +65,9 @@ def make_base(plan: QuickstartPlan, bar: Bar) -> tuple[str, dict[str, Any]]:
         if val is not None:
             bar.describe(f"supervised warm-up (train-slice accuracy {100 * val:.0f}%)")
 
-    info = supervised_warmup(model, tok, task, replace(plan.warmup, seed=plan.seed), on_step=on_step)
+    info = supervised_warmup(
+        model, tok, task, replace(plan.warmup, seed=plan.seed), on_step=on_step
+    )
     folder = save_base(model, tok, plan.out / "base")
     bar.set(plan.warmup.max_steps)
     return str(folder), info
@@ -94,7 +96,16 @@ def start_method(plan: QuickstartPlan, base_model: str, algo: str) -> MethodRun:
     cfg_path = plan.out / "configs" / f"{algo}.yaml"
     save_config(cfg, cfg_path)
     run_dir = plan.out / algo
-    cmd = [sys.executable, "-m", "tokenrl", "train", str(cfg_path), "--out", str(run_dir), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokenrl",
+        "train",
+        str(cfg_path),
+        "--out",
+        str(run_dir),
+        "--overwrite",
+    ]
     if plan.child_threads:
         cmd += ["--threads", str(plan.child_threads)]
     log_path = plan.out / "logs" / f"{algo}.log"
@@ -120,7 +131,8 @@ def finish_method(run: MethodRun) -> dict[str, Any]:
     if run.child.returncode != 0:
         tail = run.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RunError(
-            f"{run.algo} training failed (exit status {run.child.returncode}); end of {run.log_path}:\n" + "\n".join(tail)
+            f"{run.algo} training failed (exit status {run.child.returncode}); end of {run.log_path}:\n"
+            + "\n".join(tail)
         )
     summary = json.loads((run.run_dir / "eval.json").read_text())
     return {**summary, "wall_seconds": wall, "run_dir": str(run.run_dir)}

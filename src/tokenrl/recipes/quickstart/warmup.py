@@ -56,7 +56,9 @@ class WarmupConfig:
         if self.max_steps < 0:
             raise ValueError(f"warm-up max_steps must be >= 0, got {self.max_steps}")
         if not 0.0 <= self.target_accuracy <= 1.0:
-            raise ValueError(f"warm-up target_accuracy must be in [0, 1], got {self.target_accuracy}")
+            raise ValueError(
+                f"warm-up target_accuracy must be in [0, 1], got {self.target_accuracy}"
+            )
         if self.check_every < 1 or self.validation < 1:
             raise ValueError("warm-up check_every and validation must be >= 1")
         if self.lr <= 0:
@@ -65,7 +67,9 @@ class WarmupConfig:
             raise ValueError(f"warm-up batch_size must be >= 1, got {self.batch_size}")
 
 
-def encode_pairs(task: Task, tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(
+    task: Task, tokenizer, examples: list[Example]
+) -> list[tuple[list[int], list[int]]]:
     """Token ids of (prompt, reference answer + stop string) for each example.
 
     The answer is written the way the task's reward reads it (its ``answer`` followed by the
@@ -116,7 +120,9 @@ def supervised_warmup(
     task = task.resolved(tokenizer)
     train = task.examples("train")
     if len(train) <= cfg.validation:
-        raise ValueError(f"the train split has {len(train)} problems: too few to hold out {cfg.validation} for the warm-up's checks")
+        raise ValueError(
+            f"the train split has {len(train)} problems: too few to hold out {cfg.validation} for the warm-up's checks"
+        )
     held_out, fit = train[: cfg.validation], train[cfg.validation :]
     pairs = encode_pairs(task, tokenizer, fit)
     max_answer = max(len(a) for _, a in pairs) + 1
@@ -138,7 +144,14 @@ def supervised_warmup(
         checked = None
         if step % cfg.check_every == 0 or step == cfg.max_steps:
             model.eval()
-            checked = evaluate(model, tokenizer, task, held_out, max_new_tokens=max_answer + 1, batch_size=len(held_out)).accuracy
+            checked = evaluate(
+                model,
+                tokenizer,
+                task,
+                held_out,
+                max_new_tokens=max_answer + 1,
+                batch_size=len(held_out),
+            ).accuracy
             accuracy = checked
             checks.append((step, checked))
         if on_step is not None:

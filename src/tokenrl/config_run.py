@@ -1,0 +1,203 @@
+"""Config sections of how a run samples, optimises, trains and logs (rollout, optim, train, log);
+:mod:`tokenrl.config` assembles them with the model, LoRA and task sections into ``Config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenrl.config_io import _fail
+
+
+@dataclass
+class RolloutConfig:
+    """How completions are sampled during training."""
+
+    group_size: int = 8
+    """G: completions sampled per prompt; group-relative advantages need G >= 2."""
+
+    prompts_per_step: int = 4
+    """Prompts per training step (so each step samples prompts_per_step * G completions)."""
+
+    max_new_tokens: int = 64
+    """Longest completion; longer ones are cut and flagged as truncated."""
+
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (evaluation is greedy)."""
+
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+
+    batch_size: int = 64
+    """Most completions generated in one call (memory bound for generation)."""
+
+    merge_lora: bool = False
+    """Sample with each LoRA adapter folded into a copy of the weights it adapts (W + BA * alpha/r),
+    one matmul per layer instead of three: faster rollouts on a CPU for one extra copy of the
+    adapted weights (tokenrl.models.lora_merged). The update always runs the adapter itself."""
+
+    engine: str = "shared"
+    """How completions are sampled (tokenrl.engines): shared (each distinct prompt + completion-so-far
+    prefix runs once per decode step, every row gets its prefix's logits: the same tokens as hf in
+    fp32, fewer rows run; docs/rollout.md) or hf (Hugging Face generate over every row)."""
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            _fail(f"rollout.group_size={self.group_size} is below 2",
+                  "group-relative advantages compare completions of one prompt: use G >= 2 (e.g. 8)")  # fmt: skip
+        if self.prompts_per_step < 1:
+            _fail(
+                f"rollout.prompts_per_step={self.prompts_per_step} must be at least 1", "use e.g. 4"
+            )
+        if self.max_new_tokens < 1:
+            _fail(f"rollout.max_new_tokens={self.max_new_tokens} must be at least 1", "use e.g. 64")
+        if self.temperature <= 0:
+            _fail(
+                f"rollout.temperature={self.temperature} must be positive",
+                "use e.g. 1.0 (evaluation is always greedy)",
+            )
+        if not 0 < self.top_p <= 1:
+            _fail(
+                f"rollout.top_p={self.top_p} is outside (0, 1]",
+                "use 1.0 to disable nucleus sampling",
+            )
+        if self.batch_size < 1:
+            _fail(f"rollout.batch_size={self.batch_size} must be at least 1", "use e.g. 64")
+        from tokenrl.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            _fail(f"rollout.engine={self.engine!r} is unknown", f"use one of {', '.join(ENGINES)}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the LoRA parameters."""
+
+    lr: float = 1e-4
+    """Peak learning rate (LoRA usually wants ~10x the full fine-tuning rate)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    beta1: float = 0.9
+    """AdamW beta1."""
+
+    beta2: float = 0.999
+    """AdamW beta2."""
+
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value (None = no clipping)."""
+
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many steps."""
+
+    schedule: str = "constant"
+    """After warm-up: constant, linear (to 0 at the last step) or cosine (to 0)."""
+
+    micro_batches: int = 1
+    """Gradient accumulation: split each step's groups into this many micro-batches (less memory, same update)."""
+
+    inner_updates: int = 1
+    """Optimiser updates per batch of rollouts; above 1 the PPO-clipped ratio is used."""
+
+    share_prompt: bool = True
+    """Run each group's prompt through the model once in the update (KV cache copied to its rows), not once per completion: the same log-probs, fewer tokens; off under gradient checkpointing."""
+
+    max_nonfinite_steps: int = 5
+    """Stop the run after this many optimiser updates in a row were skipped for a non-finite loss or gradient (0 = never stop)."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            _fail(f"optim.lr={self.lr} must be positive", "use e.g. 1e-4 for LoRA")
+        if self.weight_decay < 0:
+            _fail(
+                f"optim.weight_decay={self.weight_decay} is negative",
+                "use 0 or a small positive value",
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            _fail(
+                f"optim.beta1={self.beta1}, beta2={self.beta2} must lie in [0, 1)",
+                "use 0.9 and 0.999",
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            _fail(
+                f"optim.grad_clip={self.grad_clip} must be positive",
+                "use e.g. 1.0, or none to disable",
+            )
+        if self.warmup_steps < 0:
+            _fail(f"optim.warmup_steps={self.warmup_steps} is negative", "use 0 or more")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            _fail(f"optim.schedule={self.schedule!r} is unknown", "use constant, linear or cosine")
+        if self.micro_batches < 1 or self.inner_updates < 1:
+            _fail(
+                "optim.micro_batches and optim.inner_updates must be at least 1",
+                "use 1 (default) or more",
+            )
+        if self.max_nonfinite_steps < 0:
+            _fail(
+                f"optim.max_nonfinite_steps={self.max_nonfinite_steps} is negative",
+                "use e.g. 5, or 0 to never stop",
+            )
+
+
+@dataclass
+class TrainConfig:
+    """The run."""
+
+    algo: str = "sgrpo"
+    """Algorithm: grpo (full-token baseline), sgrpo or tspmo."""
+
+    steps: int = 100
+    """Training steps (each: rollouts, one or more optimiser updates)."""
+
+    seed: int = 0
+    """Seed for the data order, rollouts, token selection and LoRA initialisation."""
+
+    eval_every: int = 25
+    """Greedy accuracy on held-out problems every N steps (0 = only before and after)."""
+
+    checkpoint_every: int = 25
+    """Write a resumable checkpoint every N steps (0 = only at the end)."""
+
+    keep_checkpoints: int = 2
+    """How many most recent checkpoints to keep."""
+
+    eval_before: bool = True
+    """Evaluate the base model (adapter at its initial zero update) before training."""
+
+    def validate(self) -> None:
+        from tokenrl.algorithms.registry import ALGORITHMS
+
+        if self.algo not in ALGORITHMS:
+            _fail(f"train.algo={self.algo!r} is unknown", f"use one of {', '.join(ALGORITHMS)}")
+        if self.steps < 1:
+            _fail(f"train.steps={self.steps} must be at least 1", "use e.g. 100")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            _fail(
+                "train.eval_every and train.checkpoint_every must be >= 0",
+                "use 0 to disable or a step count",
+            )
+        if self.keep_checkpoints < 1:
+            _fail(
+                f"train.keep_checkpoints={self.keep_checkpoints} must be at least 1", "use e.g. 2"
+            )
+
+
+@dataclass
+class LogConfig:
+    """What a run writes besides metrics.jsonl."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard event files (run folder /tb)."""
+
+    samples_every: int = 10
+    """Write a few prompts with completions and rewards to samples.jsonl every N steps (0 = never)."""
+
+    samples_count: int = 4
+    """Completions written each time."""
+
+    progress: bool = True
+    """Show a live progress bar."""
+
+    def validate(self) -> None:
+        if self.samples_every < 0 or self.samples_count < 0:
+            _fail("log.samples_every and log.samples_count must be >= 0", "use 0 to disable")
