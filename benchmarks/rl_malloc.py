@@ -9,7 +9,8 @@ zeroed pages again. ``MALLOC_ENV`` below serves allocations up to 32 MiB from th
 freed memory in the process (no trim below 1 GiB, grown 256 MiB at a time). Tried for the
 quickstart's methods' processes and not adopted (docs/quickstart.md). This runs the RL phase of
 a quickstart (``OUT/configs/ALGO.yaml``, the methods at once, one torch thread each, in the
-environment the quickstart gives them) for ``--steps`` steps without evaluations, once with the plain environment and once with ``MALLOC_ENV``, interleaved over
+environment the quickstart gives them) for ``--steps`` steps without evaluations, once with the
+plain environment and once with ``MALLOC_ENV``, interleaved over
 ``--rounds`` rounds (this shared machine's speed drifts), and reports each method's median
 wall time per step (after 3 untimed steps), the ratio, and each process's peak resident memory.
 """

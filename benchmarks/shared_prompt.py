@@ -103,7 +103,8 @@ def main() -> None:
 
     with torch.no_grad():
         max_diff = float((completion_logprobs(model, batch, inputs.logprob_mask, share_prompt=True)
-                          - completion_logprobs(model, batch, inputs.logprob_mask, share_prompt=False)).abs().max())  # fmt: skip
+                          - completion_logprobs(model, batch, inputs.logprob_mask, share_prompt=False))
+                         .abs().max())  # fmt: skip
     times: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, float] = {}
     timer = PhaseMeter("cpu", memory=False)

@@ -130,13 +130,15 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     print(
-        f"seed {args.seed}, slip {args.slip}, {args.warmup_steps} warm-up steps ({warmup_seconds:.0f} s), {args.steps} RL steps"
+        f"seed {args.seed}, slip {args.slip}, {args.warmup_steps} warm-up steps ({warmup_seconds:.0f} s), "
+        f"{args.steps} RL steps"
     )
     print("| model | accuracy % | slip rate % | accuracy with slips forgiven % |")
     print("|---|---|---|---|")
     for name, s in [("base", before), *summary["methods"].items()]:
         print(
-            f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['slip_rate']:.1f} | {100 * s['slip_forgiven_accuracy']:.1f} |"
+            f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['slip_rate']:.1f} "
+            f"| {100 * s['slip_forgiven_accuracy']:.1f} |"
         )
 
 

@@ -171,7 +171,8 @@ def main() -> None:
     print(f"{'variant':>10} {'threads':>7} {'load':>14} {'step s':>8} {'speed vs PASSIVE':>17}")
     for r in rows:
         print(
-            f"{r['variant']:>10} {r['threads']:>7} {r['load']:>14} {r['step_median_s']:8.3f} {r['vs_passive_same_threads']:16.2f}x"
+            f"{r['variant']:>10} {r['threads']:>7} {r['load']:>14} {r['step_median_s']:8.3f} "
+            f"{r['vs_passive_same_threads']:16.2f}x"
         )
 
 

@@ -125,8 +125,10 @@ def test_shards_are_contiguous_and_cover_everything():
 def test_combine_metrics_gives_the_whole_batch():
     # rank 0: 8 rows, 30 tokens; rank 1: 8 rows, 10 tokens
     per_rank = [
-        {"step": 3, "loss/policy": 0.25, "tokens/update_frac": 0.5, "adv/abs_mean": 1.0, "time/step": 2.0, "reward/mean": 0.4},
-        {"step": 3, "loss/policy": -0.05, "tokens/update_frac": 0.1, "adv/abs_mean": 0.5, "time/step": 3.0, "reward/mean": 0.4},
+        {"step": 3, "loss/policy": 0.25, "tokens/update_frac": 0.5, "adv/abs_mean": 1.0,
+         "time/step": 2.0, "reward/mean": 0.4},
+        {"step": 3, "loss/policy": -0.05, "tokens/update_frac": 0.1, "adv/abs_mean": 0.5,
+         "time/step": 3.0, "reward/mean": 0.4},
     ]  # fmt: skip
     out = combine_metrics(per_rank, rows=[8, 8], tokens=[30, 10])
     assert out["step"] == 3 and out["reward/mean"] == 0.4  # equal on every rank

@@ -44,8 +44,8 @@ METHOD_KEYS = {
 
 def test_quickstart_reduced_budget_writes_the_three_reports(tmp_path, capsys):
     out = tmp_path / "qs"
-    rc = main(["quickstart", "--out", str(out), "--steps", "2", "--warmup-steps", "3", "--threads", "2", "--no-progress",
-               "--set", "rollout.temperature=0.7"])  # fmt: skip
+    rc = main(["quickstart", "--out", str(out), "--steps", "2", "--warmup-steps", "3", "--threads", "2",
+               "--no-progress", "--set", "rollout.temperature=0.7"])  # fmt: skip
     assert rc == 0
     for name in ("report.md", "report.json", "report.png"):
         assert (out / name).stat().st_size > 0, name

@@ -65,7 +65,8 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
     assert [r["step"] for r in evals] == [0, 2, 4]  # before, every 2 steps, final
     keys = {"reward/mean", "reward/std", "reward/zero_std_frac", "tokens/update_frac", "loss/policy",
             "loss/kl", "optim/grad_norm", "optim/lr", "time/generate", "time/score", "time/update",
-            "memory/peak_rss_mb", "completion/mean_tokens", "completion/truncated_frac", "cpu/step_seconds"}  # fmt: skip
+            "memory/peak_rss_mb", "completion/mean_tokens", "completion/truncated_frac",
+            "cpu/step_seconds"}  # fmt: skip
     for r in steps:
         assert keys <= r.keys(), keys - r.keys()
         assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float))
@@ -110,7 +111,8 @@ def test_sampling_with_the_adapter_merged_trains_the_same_run(tmp_path):
         )
         train(cfg, tmp_path / merge, on_event=lambda s: None)
         runs[merge] = tmp_path / merge
-    samples = {m: [(r["completion"], r["reward"]) for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines())]
+    samples = {m: [(r["completion"], r["reward"])
+                   for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines())]
                for m, run in runs.items()}  # fmt: skip
     assert (
         samples["true"] == samples["false"] and len(samples["true"]) == 3 * 4
@@ -197,7 +199,8 @@ def test_help_lists_every_option(capsys):
 def test_yaml_config_and_overrides(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(
-        "train:\n  algo: tspmo\n  steps: 7\ntspmo:\n  replay:\n    every: 3\nlora:\n  target_modules: [q_proj, v_proj]\n"
+        "train:\n  algo: tspmo\n  steps: 7\ntspmo:\n  replay:\n    every: 3\n"
+        "lora:\n  target_modules: [q_proj, v_proj]\n"
     )
     cfg = load_config(path, parse_overrides(["--train.steps", "9", "--tspmo.replay.cut=growing"]))
     assert (cfg.train.algo, cfg.train.steps) == ("tspmo", 9)

@@ -11,10 +11,11 @@ WHAT = ("memory", "speed", "all", "scaling")
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=WHAT, help="memory: peak added memory of one update; speed: update time and whole-step "
-                   "completions/s; all: both, one table; scaling: update memory and time against L and G")  # fmt: skip
-    p.add_argument("--workloads", default=None, help="comma-separated: A, B (update), C-i, C-ii (whole step), tiny, tiny-step "
-                   "(smoke), gpu-1.5b (default: A,B for memory; A,B,C-i,C-ii for speed)")  # fmt: skip
+    p.add_argument("what", choices=WHAT, help="memory: peak added memory of one update; speed: update time and "
+                   "whole-step completions/s; all: both, one table; scaling: update memory and time against L "
+                   "and G")  # fmt: skip
+    p.add_argument("--workloads", default=None, help="comma-separated: A, B (update), C-i, C-ii (whole step), "
+                   "tiny, tiny-step (smoke), gpu-1.5b (default: A,B for memory; A,B,C-i,C-ii for speed)")  # fmt: skip
     p.add_argument(
         "--quick",
         action="store_true",

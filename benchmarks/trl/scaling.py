@@ -1,7 +1,8 @@
 """Update memory and time against completion length and group size, on workload A's model.
 
 Two sweeps (or the full grid with ``grid=True``): completion length L in ``lengths`` at G = 8,
-and G in ``groups`` at L = 256 (the middle values when 8 or 256 are not listed). Each point is one fresh process (as ``tokenrl bench``) running
+and G in ``groups`` at L = 256 (the middle values when 8 or 256 are not listed). Each point is one
+fresh process (as ``tokenrl bench``) running
 ``warmup`` + ``repeats`` updates with the RSS sampler on; the time comes from the same runs (the
 sampler thread wakes every 2 ms; ``tokenrl bench speed`` times without it).
 """
@@ -136,7 +137,8 @@ def plot_scaling(report: dict[str, Any], path: str) -> None:
             ax.grid(True, alpha=0.3)
             ax.legend()
     fig.suptitle(
-        f"one update on workload {report['workload']} ({report['settings']['threads']} threads, {report['settings']['device']})"
+        f"one update on workload {report['workload']} "
+        f"({report['settings']['threads']} threads, {report['settings']['device']})"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

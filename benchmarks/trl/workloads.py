@@ -73,7 +73,10 @@ class Workload:
             else f"whole step on {self.task} ({self.task_style} prompts), {self.prompts} prompts x "
             f"{self.group} completions of {self.completion_len} new tokens"
         )
-        gc = f"gradient checkpointing: TRL {_on(self.trl_gradient_checkpointing)}, ours {_on(self.ours_gradient_checkpointing)}"
+        gc = (
+            f"gradient checkpointing: TRL {_on(self.trl_gradient_checkpointing)}, "
+            f"ours {_on(self.ours_gradient_checkpointing)}"
+        )
         return f"{self.model.describe()}; {what}; {gc}"
 
 

@@ -132,7 +132,8 @@ def train(
         if out.exists() and any(out.iterdir()):
             if not overwrite:
                 raise ConfigError(
-                    f"{out} already holds a run; pass resume=True to continue it, overwrite=True to replace it, or another out"
+                    f"{out} already holds a run; pass resume=True to continue it, overwrite=True to replace it, "
+                    "or another out"
                 )
             shutil.rmtree(out)  # before the dataset is written into it
         if dataset is not None:

@@ -80,14 +80,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra = [k for k, _ in overrides if k != "train.steps"]
             if args.config or extra:
                 raise UsageError(
-                    f"--resume uses the run's saved config.yaml; only --train.steps may change (got {', '.join(extra) or args.config})"
+                    "--resume uses the run's saved config.yaml; only --train.steps may change "
+                    f"(got {', '.join(extra) or args.config})"
                 )
             cfg = load_config(out / "config.yaml", overrides)
         else:
             cfg = load_config(args.config, overrides)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
                 raise UsageError(
-                    "a data-parallel run (torchrun, accelerate launch) needs --out: every process must name the same run folder"
+                    "a data-parallel run (torchrun, accelerate launch) needs --out: "
+                    "every process must name the same run folder"
                 )
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path(
@@ -98,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
             if out.exists() and any(out.iterdir()) and not args.overwrite:
                 raise UsageError(
-                    f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to replace it, or another --out"
+                    f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to replace it, "
+                    "or another --out"
                 )
     except ConfigError as err:
         raise UsageError(str(err)) from None
@@ -199,8 +202,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 )
 def cmd_bench(args: argparse.Namespace) -> int:
     if (bench := _bench_cli()) is None:
-        raise UsageError("`tokenrl bench` runs from a source checkout of tokenrl (the benchmarks/ folder is not installed): "
-                         "clone the repository and run it there, after pip install -e '.[bench]'")  # fmt: skip
+        raise UsageError("`tokenrl bench` runs from a source checkout of tokenrl (the benchmarks/ folder is not "
+                         "installed): clone the repository and run it there, "
+                         "after pip install -e '.[bench]'")  # fmt: skip
     return bench.cmd_bench(args)
 
 

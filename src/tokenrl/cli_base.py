@@ -67,7 +67,8 @@ def setup_torch(args: argparse.Namespace) -> None:
 def parse_key_values(
     items: list[str], flag: str = "--task-option", example: str = "seed=1"
 ) -> dict[str, Any]:
-    """``["seed=1", "n_test=300"]`` -> ``{"seed": 1, "n_test": 300}`` (values read as YAML scalars; ``flag`` names the option in errors)."""
+    """``["seed=1", "n_test=300"]`` -> ``{"seed": 1, "n_test": 300}`` (values read as YAML scalars;
+    ``flag`` names the option in errors)."""
     import yaml
 
     options: dict[str, Any] = {}

@@ -183,7 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lo, hi = result.ci95
     con = Console()
     con.print(
-        f"[bold]{args.task}[/] {args.split} ({result.n} problems, {args.model}{' + ' + args.adapter if args.adapter else ''})"
+        f"[bold]{args.task}[/] {args.split} "
+        f"({result.n} problems, {args.model}{' + ' + args.adapter if args.adapter else ''})"
     )
     con.print(
         f"accuracy {100 * result.accuracy:.1f}%  (95% CI {100 * lo:.1f}-{100 * hi:.1f})  {result.correct}/{result.n}"
@@ -192,7 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         con.print(f"pass@{k} {100 * v:.1f}%")
     for t, d in result.by_type.items():
         con.print(f"  {t}: {100 * d['accuracy']:.1f}% of {d['n']}")
-    con.print(f"mean completion {result.mean_completion_tokens:.1f} tokens, truncated {100 * result.truncation_rate:.1f}%, "
-              f"{result.tokens_per_s:.0f} tokens/s")  # fmt: skip
+    con.print(f"mean completion {result.mean_completion_tokens:.1f} tokens, "
+              f"truncated {100 * result.truncation_rate:.1f}%, {result.tokens_per_s:.0f} tokens/s")  # fmt: skip
     con.print(f"wrote {out}/eval.json and completions.jsonl")
     return 0

@@ -48,15 +48,18 @@ def compare_rows(runs: list[Path]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | algo | base acc % | acc after % (95% CI) | change (points) | tokens in loss % | peak memory MB | train time s |",
+        "| run | algo | base acc % | acc after % (95% CI) | change (points) "
+        "| tokens in loss % | peak memory MB | train time s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["ci95"]
         gain = "-" if r["gain_points"] is None else f"{r['gain_points']:+.1f}"
         lines.append(
-            f"| {r['run']} | {r['algo']} | {_pct(r['base_accuracy'])} | {_pct(r['accuracy'])} ({_pct(lo)}-{_pct(hi)}) "
-            f"| {gain} | {_pct(r['tokens_update_frac'])} | {r['peak_rss_mb'] or 0:.0f} | {r['train_seconds'] or 0:.0f} |"
+            f"| {r['run']} | {r['algo']} | {_pct(r['base_accuracy'])} "
+            f"| {_pct(r['accuracy'])} ({_pct(lo)}-{_pct(hi)}) "
+            f"| {gain} | {_pct(r['tokens_update_frac'])} | {r['peak_rss_mb'] or 0:.0f} "
+            f"| {r['train_seconds'] or 0:.0f} |"
         )
     return "\n".join(lines)
 

@@ -40,7 +40,8 @@ class ModelConfig:
     """Which model is trained."""
 
     name: str = "tiny"
-    """Built-in name (tiny, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct; `tokenrl models`), local folder or hub id."""
+    """Built-in name (tiny, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct,
+    qwen2.5-coder-1.5b-instruct; `tokenrl models`), local folder or hub id."""
 
     dtype: str = "fp32"
     """Weights dtype: fp32 (the paper's setting) or bf16."""
@@ -52,7 +53,9 @@ class ModelConfig:
     """Recompute layer activations in the backward pass: less memory, about 30% more time."""
 
     autocast: str = "none"
-    """Mixed precision for sampling and the update's forward: none, or bf16 (matrix products in bfloat16 via torch.autocast, weights and adapter kept in their dtype; fast on GPUs and on CPUs with AMX/AVX-512 bf16). Evaluation stays in the weights' dtype."""
+    """Mixed precision for sampling and the update's forward: none, or bf16 (matrix products in
+    bfloat16 via torch.autocast, weights and adapter kept in their dtype; fast on GPUs and on CPUs
+    with AMX/AVX-512 bf16). Evaluation stays in the weights' dtype."""
 
     def validate(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
@@ -148,7 +151,8 @@ class TaskConfig:
                 "use raise (default) or zero",
             )
         if self.reward_weights and len(self.reward_weights) != max(len(self.reward), 1):
-            _fail(f"task.reward_weights has {len(self.reward_weights)} values for {max(len(self.reward), 1)} reward functions",
+            _fail(f"task.reward_weights has {len(self.reward_weights)} values for "
+                  f"{max(len(self.reward), 1)} reward functions",
                   "give one weight per function of task.reward, in the same order")  # fmt: skip
         self.reward_fns()
 

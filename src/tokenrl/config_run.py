@@ -100,10 +100,12 @@ class OptimConfig:
     """Optimiser updates per batch of rollouts; above 1 the PPO-clipped ratio is used."""
 
     share_prompt: bool = True
-    """Run each group's prompt through the model once in the update (KV cache copied to its rows), not once per completion: the same log-probs, fewer tokens; off under gradient checkpointing."""
+    """Run each group's prompt through the model once in the update (KV cache copied to its rows),
+    not once per completion: the same log-probs, fewer tokens; off under gradient checkpointing."""
 
     max_nonfinite_steps: int = 5
-    """Stop the run after this many optimiser updates in a row were skipped for a non-finite loss or gradient (0 = never stop)."""
+    """Stop the run after this many optimiser updates in a row were skipped for a non-finite loss or
+    gradient (0 = never stop)."""
 
     def validate(self) -> None:
         if self.lr <= 0:

@@ -2,7 +2,8 @@
 
 ``prepare(batch, rewards, cfg, generator) -> LossInputs`` does credit assignment and token
 selection (no model; ``generator`` is one ``torch.Generator`` for the batch, or a list with one
-per group so that the draws do not depend on how groups are batched): which tokens enter the loss, with what advantage and weight, and how the
+per group so that the draws do not depend on how groups are batched): which tokens enter the loss,
+with what advantage and weight, and how the
 terms are averaged. The trainer then computes log-probs at ``LossInputs.logprob_mask`` and calls
 :func:`~tokenrl.algorithms.losses.policy_loss`. See docs/algorithms.md for the whole sequence.
 

@@ -155,7 +155,8 @@ class HubTask(JsonlTask):
         cfg = self.config
         data = load_hub_dataset(cfg.path, cfg.name)
         if cfg.train_split not in data:
-            raise DataError(f"the dataset has no split {cfg.train_split!r} (it has {', '.join(data)}); set train_split", file=cfg.path)  # fmt: skip
+            raise DataError(f"the dataset has no split {cfg.train_split!r} (it has {', '.join(data)}); "
+                            "set train_split", file=cfg.path)  # fmt: skip
         seen: dict[str, tuple[str, int]] = {}
         train = self._rows(data[cfg.train_split], cfg.train_split, seen)
         if cfg.test_split is not None and cfg.test_split in data:

@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads of the warm-up and of each method (default: the cores shared out between the methods that run at once)",
+        help="torch CPU threads of the warm-up and of each method "
+        "(default: the cores shared out between the methods that run at once)",
     )
     p.add_argument(
         "--jobs",

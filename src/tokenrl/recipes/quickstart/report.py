@@ -93,7 +93,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         + f"; {s['steps']} RL steps per method with LoRA; held-out accuracy is greedy on {base['n']} test problems"
         " never used in training.",
         "",
-        "| model | held-out accuracy % (95% CI) | change (points) | completion tokens in the loss % | peak memory MB | RL CPU time s | wall time s |",
+        "| model | held-out accuracy % (95% CI) | change (points) | completion tokens in the loss % "
+        "| peak memory MB | RL CPU time s | wall time s |",
         "|---|---|---|---|---|---|---|",
         f"| base | {_pct(base['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | - | - | - | - | "
         f"{base['warmup']['seconds']:.0f} |" if base.get("warmup") else
@@ -117,7 +118,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"Total {report['total_seconds']:.0f} s on {mc['cpu_count']} CPU cores ({mc['processor']}), torch {mc['torch']}. "
+        f"Total {report['total_seconds']:.0f} s on {mc['cpu_count']} CPU cores ({mc['processor']}), "
+        f"torch {mc['torch']}. "
         + at_once
         + "Peak memory is each method's training process (resident set). Run folders: "
         + ", ".join(f"`{m['run_dir']}`" for m in report["methods"].values())
