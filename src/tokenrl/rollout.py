@@ -36,6 +36,7 @@ class RolloutBatch:
     group_size: int  # G
     prompt_index: torch.Tensor  # [B] long, which of the N prompts each row continues
     timings: dict[str, float] = field(default_factory=dict)
+    token_entropy: torch.Tensor | None = None  # [B, T] float32, only when a selector needs it
 
     @property
     def num_prompts(self) -> int:
@@ -288,6 +289,7 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         group_size=batch.group_size,
         prompt_index=batch.prompt_index[rows],
         timings=dict(batch.timings),
+        token_entropy=None if batch.token_entropy is None else batch.token_entropy[rows],
     )
 
 

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from tokenrl.algorithms.advantages import settled_groups
+from tokenrl.algorithms.entropy import token_entropy
 from tokenrl.algorithms.losses import LossInputs, aggregation_denominator, rescale_coefficients
 from tokenrl.algorithms.replay import rollout_items
+from tokenrl.algorithms.selectors import selector_needs
 from tokenrl.rewards import Scores
 from tokenrl.rollout import RolloutBatch, derive_seed, select_rows
 from tokenrl.runlog import peak_rss_mb, write_samples
@@ -112,13 +114,18 @@ def prepare(
 ) -> LossInputs:
     """Credit assignment and token selection by the algorithm (one generator per group), with
     the loss coefficients scaled to the whole batch when this rank holds part of it."""
-    seed, step = tr.cfg.train.seed, tr.step
+    seed, step, cfg = tr.cfg.train.seed, tr.step, tr.cfg.algo_config()
+    spec = getattr(cfg, "selector_spec", None)
+    if spec is not None and "entropy" in selector_needs(spec()[0]):  # only when a selector asks
+        batch.token_entropy = token_entropy(tr.model, batch, temperature=tr.cfg.rollout.temperature)
     generators = [
         torch.Generator().manual_seed(derive_seed(seed, step, "select", i))
         for i in prompts.global_index
     ]
-    inputs = tr.algorithm.prepare(batch, rewards, tr.cfg.algo_config(), generators)
-    local = aggregation_denominator(inputs.aggregation, inputs.update_mask, inputs.token_weights)
+    inputs = tr.algorithm.prepare(batch, rewards, cfg, generators)
+    local = aggregation_denominator(
+        inputs.aggregation, inputs.update_mask, inputs.token_weights, inputs.population
+    )
     return rescale_coefficients(inputs, local, tr.dist.sum(local))
 
 

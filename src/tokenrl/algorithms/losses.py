@@ -79,33 +79,49 @@ def _weights(update_mask: torch.Tensor, token_weights: torch.Tensor | None) -> t
 
 
 def seq_mean_coef(
-    update_mask: torch.Tensor, token_weights: torch.Tensor | None, *, constant: float | None = None
+    update_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
+    *,
+    constant: float | None = None,
+    population: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over each row's tokens, then mean over the B rows (original GRPO, S-GRPO).
 
-    c[b, t] = w[b, t] / (B * sum_t' w[b, t']); a row with no token counts in B with 0.
+    c[b, t] = w[b, t] / (B * sum_t' w[b, t']); a row with no token counts in B with 0. With
+    ``population`` (the [B, T] mask of every real token) the row's denominator is its number of
+    real tokens n_b instead: c = w / (B n_b), which with Horvitz-Thompson weights w = 1 / pi makes
+    E[c] the full-token coefficient 1 / (B n_b), so the masked loss is unbiased.
     """
     w = _weights(update_mask, token_weights)  # [B, T]
-    per_row = w.sum(dim=1, keepdim=True)  # [B, 1]
+    per_row = (w if population is None else population.to(torch.float32)).sum(dim=1, keepdim=True)
     # An empty row has w = 0 everywhere: divide by 1 instead of 0 (its coefficients stay 0).
     return w / torch.where(per_row > 0, per_row, torch.ones_like(per_row)) / w.shape[0]
 
 
 def token_mean_coef(
-    update_mask: torch.Tensor, token_weights: torch.Tensor | None, *, constant: float | None = None
+    update_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
+    *,
+    constant: float | None = None,
+    population: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted mean over all selected tokens of the batch: c = w / sum(w).
 
     For T-SPMO this is the mean over unique pairs (each pair occupies exactly one position),
-    weighted by ``token_weights`` (1 or the visit count N(p + v)).
+    weighted by ``token_weights`` (1 or the visit count N(p + v)). With ``population`` the
+    denominator is the number of real tokens of the batch (unbiased with 1 / pi weights).
     """
     w = _weights(update_mask, token_weights)  # [B, T]
-    total = w.sum()
+    total = w.sum() if population is None else population.to(torch.float32).sum()
     return w / total if total > 0 else w
 
 
 def constant_coef(
-    update_mask: torch.Tensor, token_weights: torch.Tensor | None, *, constant: float | None = None
+    update_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
+    *,
+    constant: float | None = None,
+    population: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dr. GRPO (https://arxiv.org/abs/2503.20783): c = w / (B * constant), e.g. max_new_tokens."""
     if constant is None or constant <= 0:
@@ -122,7 +138,10 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def aggregation_denominator(
-    aggregation: str, update_mask: torch.Tensor, token_weights: torch.Tensor | None
+    aggregation: str,
+    update_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
+    population: torch.Tensor | None = None,
 ) -> float:
     """The batch-wide denominator D of an aggregation: B rows ("seq_mean", "constant") or the
     sum of token weights ("token_mean"). Each coefficient c[b, t] is a per-row quantity / D.
@@ -132,6 +151,8 @@ def aggregation_denominator(
     process's c by D_local / D_all (:func:`rescale_coefficients`).
     """
     if aggregation == "token_mean":
+        if population is not None:
+            return float(population.sum())
         return float(_weights(update_mask, token_weights).sum())
     return float(update_mask.shape[0])
 
@@ -151,6 +172,7 @@ class LossInputs:
     loss_coef: torch.Tensor  # [B, T] float32, c[b, t] of the aggregation over the whole batch
     logprob_mask: torch.Tensor  # [B, T] bool, True = the loss needs log pi here
     metrics: dict[str, float] = field(default_factory=dict)
+    population: torch.Tensor | None = None  # [B, T] bool: the denominators count these (unbiased)
 
     def select_rows(self, rows: torch.Tensor) -> LossInputs:
         """The same inputs for a subset of rows (a micro-batch); c keeps the whole-batch scale."""
@@ -161,6 +183,7 @@ class LossInputs:
             token_weights=None if self.token_weights is None else self.token_weights[rows],
             loss_coef=self.loss_coef[rows],
             logprob_mask=self.logprob_mask[rows],
+            population=None if self.population is None else self.population[rows],
         )
 
 
@@ -185,12 +208,15 @@ def make_loss_inputs(
     constant: float | None = None,
     beta: float = 0.0,
     metrics: dict[str, float] | None = None,
+    population: torch.Tensor | None = None,
 ) -> LossInputs:
     """Build :class:`LossInputs`: zero advantages off the mask, compute c[b, t] and logprob_mask.
 
     With ``beta == 0`` a token whose advantage is exactly 0 contributes nothing (value and
     gradient), so ``logprob_mask`` leaves it out and rows of all-equal-reward groups are never
     run forward. With ``beta > 0`` its KL term still counts, so every update token is kept.
+    ``population`` (every real token): the aggregation's denominators count it, not the selected
+    tokens (with Horvitz-Thompson ``token_weights``, an unbiased estimate of the full-token loss).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(
@@ -199,7 +225,9 @@ def make_loss_inputs(
     token_advantages = torch.where(
         update_mask, token_advantages.float(), torch.zeros((), device=update_mask.device)
     )
-    loss_coef = AGGREGATIONS[aggregation](update_mask, token_weights, constant=constant)  # [B, T]
+    loss_coef = AGGREGATIONS[aggregation](
+        update_mask, token_weights, constant=constant, population=population
+    )  # [B, T]
     logprob_mask = update_mask if beta > 0 else update_mask & (token_advantages != 0)  # [B, T]
     return LossInputs(
         update_mask=update_mask,
@@ -209,6 +237,7 @@ def make_loss_inputs(
         loss_coef=loss_coef,
         logprob_mask=logprob_mask,
         metrics=dict(metrics or {}),
+        population=population,
     )
 
 
