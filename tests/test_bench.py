@@ -260,3 +260,15 @@ def test_a_worker_runs_from_any_folder(tmp_path, monkeypatch):
     )
     assert "error" not in raw, raw["error"]
     assert raw["info"]["rows"] == w.rows and len(raw["times_s"]) == 1
+
+
+def test_bench_step_reports_each_phase_against_the_machines_bounds(capsys):
+    """``tokenrl bench step`` on the tiny model (a smoke run: the JSON's fields, not its speed)."""
+    argv = ["bench", "step", "--model", "tiny", "--task", "mult:2x1", "--algos", "grpo",
+            "--threads", "1", "--warmup", "0", "--max-new-tokens", "6", "--json"]  # fmt: skip
+    report = _run_json(capsys, argv)
+    assert report["machine"]["cpu"] and "avx2" in report["machine"]["cpu_features"]
+    assert report["machine"]["gemm_fp32_flops"] > 0 and report["machine"]["read_bytes_per_s"] > 0
+    (row,) = report["algorithms"]
+    assert row["algo"] == "grpo" and row["step_s"] > 0 and 0 < row["decode_of_bound"]
+    assert {"decode_of_bound", "update_of_bound", "step_of_bound"} <= set(row)

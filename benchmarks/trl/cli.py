@@ -1,4 +1,7 @@
-"""``tokenrl bench memory|speed|all|scaling``: options and the command (imports stay light)."""
+"""``tokenrl bench memory|speed|all|scaling|step``: options and the command (imports stay light).
+
+``step`` is not a TRL comparison: one real RL step against the machine's measured bounds
+(``benchmarks/step_bounds.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-WHAT = ("memory", "speed", "all", "scaling")
+WHAT = ("memory", "speed", "all", "scaling", "step")
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +77,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--grid", action="store_true", help="every (L, G) pair, not the two sweeps through (256, 8)"
     )
     g.add_argument("--plot", default=None, help="plot file (default: the --out path with .png)")
+    g = p.add_argument_group("step (one real RL step against the machine's bounds)")
+    g.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="(default: %(default)s)")
+    g.add_argument(
+        "--task", default="svamp", help="svamp or mult:3x1 shapes (default: %(default)s)"
+    )
+    g.add_argument("--algos", default="grpo,sgrpo,tspmo", help="(default: %(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="(default: the task's shape)")
+    g.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a train setting"
+    )
 
 
 def _gc(flag: str) -> bool | None:
@@ -93,6 +106,15 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "step":
+        from benchmarks.step_bounds import main as step_main
+
+        argv = ["--model", args.model, "--task", args.task, "--algos", args.algos,
+                "--dtype", args.dtype or "fp32", "--threads", str(args.threads),
+                "--warmup", str(args.warmup)]  # fmt: skip
+        argv += ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
+        argv += [x for kv in args.set for x in ("--set", kv)] + (["--json"] if args.json else [])
+        return step_main(argv)
     from benchmarks.trl.run import Settings, format_report, run_benchmarks, write_report
     from benchmarks.trl.workloads import DEFAULT_WORKLOADS, IMPLS, QUICK_WORKLOADS, get_workloads
     from tokenrl.cli import UsageError

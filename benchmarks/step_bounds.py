@@ -1,0 +1,248 @@
+"""One RL step of a real model against the machine's physical bounds (issue #23).
+
+Measures, in the same process and run:
+
+* the machine: fp32 GEMM FLOP/s (a large square product, all threads; also bf16 where the CPU
+  has native bf16) and memory bandwidth (a streaming read of a 1 GiB tensor);
+* one training step (tokenrl.step.train_step, the trainer's own code) per algorithm, with the
+  rows and tokens every forward pass runs counted by a hook on the token embedding;
+
+and reports each phase against its roofline bound, the larger of (bytes that must be read /
+bandwidth) and (FLOPs that must be done / GEMM FLOP/s):
+
+* generation: the prompt pass (2 N_body FLOPs per prompt token) and every decode step (2 (N_body
+  + H V) FLOPs per row run; the weights and each row's KV cache read once per step);
+* the update: 4 N_body FLOPs per token the body runs (forward, and the backward to the
+  activations; the frozen weights get no gradient) plus 6 H V per LM-head target (forward,
+  recompute, backward of the fused head).
+
+``..._of_bound`` = bound seconds / measured seconds (1.0 = at the bound). Completions are forced
+to the full length (EOS ignored) so every run does the same work.
+
+    python benchmarks/step_bounds.py --model qwen2.5-coder-0.5b-instruct --task svamp --json
+    python benchmarks/step_bounds.py --model tiny --task mult:2x1 --algos sgrpo   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenrl.config import load_config
+from tokenrl.machine import cpu_features, cpu_model, versions
+from tokenrl.models import decoder_and_head
+from tokenrl.step import train_step
+from tokenrl.trainer import build_trainer
+
+SHAPES = {
+    # task: (prompts, completions per prompt, new tokens, prompt style)
+    "svamp": (4, 8, 64, "chat"),
+    "mult:3x1": (4, 8, 64, "chat"),
+}
+
+
+def gemm_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n x n product (all threads)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Best bytes/s of a streaming read (a sum over a tensor much larger than the caches)."""
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def model_costs(model: torch.nn.Module) -> dict[str, Any]:
+    """Parameter counts and shapes the bounds need (body = everything but the two embeddings)."""
+    body, head = decoder_and_head(model)
+    embed = body.get_input_embeddings()
+    n_embed = embed.weight.numel()
+    n_head = head.weight.numel() if head.weight.data_ptr() != embed.weight.data_ptr() else 0
+    n_body = sum(p.numel() for p in body.parameters()) - n_embed
+    cfg = body.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return {
+        "n_body": n_body,
+        "hidden": cfg.hidden_size,
+        "vocab": head.weight.shape[0],
+        "layers": cfg.num_hidden_layers,
+        "kv_bytes_per_token": 2
+        * cfg.num_hidden_layers
+        * cfg.num_key_value_heads
+        * head_dim
+        * embed.weight.element_size(),
+        "weight_bytes": (n_body + head.weight.shape[0] * cfg.hidden_size)
+        * embed.weight.element_size(),
+        "params": n_body + n_embed + n_head,
+    }
+
+
+class ForwardLog:
+    """Rows x tokens of every forward pass, by phase, from a hook on the token embedding."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.phase = "other"
+        self.calls: dict[str, list[tuple[int, int]]] = {"generate": [], "update": [], "other": []}
+        embed = decoder_and_head(model)[0].get_input_embeddings()
+        self.handle = embed.register_forward_hook(
+            lambda m, inp, out: self.calls[self.phase].append(tuple(inp[0].shape))
+        )
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def generation_bound(
+    calls: list[tuple[int, int]], c: dict[str, Any], flops: float, bw: float
+) -> float:
+    """Seconds the machine needs at least for these generation forwards (see the module doc)."""
+    total, context = 0.0, 0
+    for i, (rows, length) in enumerate(calls):
+        if i == 0 or length > 1:  # a prompt pass
+            context = length
+            need_flops = 2 * c["n_body"] * rows * length + 2 * c["hidden"] * c["vocab"] * rows
+            need_bytes = c["weight_bytes"]
+        else:  # one decode step of `rows` distinct prefixes
+            context += 1
+            need_flops = 2 * (c["n_body"] + c["hidden"] * c["vocab"]) * rows
+            need_bytes = c["weight_bytes"] + rows * context * c["kv_bytes_per_token"]
+        total += max(need_flops / flops, need_bytes / bw)
+    return total
+
+
+def update_bound(
+    calls: list[tuple[int, int]], targets: float, c: dict[str, Any], flops: float, bw: float
+) -> float:
+    tokens = sum(r * t for r, t in calls)
+    need_flops = 4 * c["n_body"] * tokens + 6 * c["hidden"] * c["vocab"] * targets
+    return max(need_flops / flops, 2 * c["weight_bytes"] * max(len(calls), 1) / bw)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    feats = cpu_features()
+    machine = {
+        "cpu": cpu_model(),
+        "cpu_features": feats,
+        "threads": args.threads,
+        "gemm_fp32_flops": gemm_flops(torch.float32),
+    }
+    if args.dtype == "bf16" or feats.get("avx512_bf16") or feats.get("amx_bf16"):
+        machine["gemm_bf16_flops"] = gemm_flops(torch.bfloat16)
+    # the bound of the run's dtype: its products run at that dtype's measured GEMM rate
+    flops = machine["gemm_bf16_flops"] if args.dtype == "bf16" else machine["gemm_fp32_flops"]
+    bw = read_bandwidth()
+    machine["read_bytes_per_s"] = bw
+    prompts, group, new_tokens, style = SHAPES.get(args.task, (4, 8, 64, "auto"))
+    rows = []
+    for algo in args.algos.split(","):
+        settings = {
+            "model.name": args.model, "model.dtype": args.dtype, "task.name": args.task,
+            "task.style": args.style or style, "train.algo": algo, "train.steps": 2,
+            "rollout.prompts_per_step": prompts, "rollout.group_size": group,
+            "rollout.max_new_tokens": args.max_new_tokens or new_tokens, "task.eval_limit": 1,
+            "log.progress": False, "log.samples_every": 0, **dict(kv.split("=", 1) for kv in args.set),
+        }  # fmt: skip
+        cfg = load_config(None, list(settings.items()))
+        tr = build_trainer(cfg, Path("/tmp/step_bounds"))
+        tr.model.generation_config.eos_token_id = None  # every completion runs to the full length
+        costs = model_costs(tr.model)
+        log = ForwardLog(tr.model)
+        generate = tr.engine.generate
+
+        def logged_generate(*a, _log=log, _generate=generate, **kw):
+            _log.phase = "generate"
+            try:
+                return _generate(*a, **kw)
+            finally:
+                _log.phase = "update"
+
+        tr.engine.generate = logged_generate
+        for _ in range(args.warmup + 1):  # the last step is the measured one
+            log.calls = {"generate": [], "update": [], "other": []}
+            m = train_step(tr)
+            log.phase = "other"
+        log.close()
+        n_comp = prompts * group * (args.max_new_tokens or new_tokens)
+        targets = m.get("tokens/update_frac", 1.0) * n_comp
+        g_bound = generation_bound(log.calls["generate"], costs, flops, bw)
+        u_bound = update_bound(log.calls["update"], targets, costs, flops, bw)
+        gen_tokens = m["completion/mean_tokens"] * prompts * group
+        gen_s, upd_s, step_s = m["time/generate"], m["time/update"], m["time/step"]
+        rows.append({
+            "algo": algo, "step_s": step_s, "generate_s": gen_s, "update_s": upd_s,
+            "generate_tokens_per_s": gen_tokens / gen_s,
+            "decode_rows_run": sum(r for r, t in log.calls["generate"][1:]),
+            "update_tokens_run": sum(r * t for r, t in log.calls["update"]), "update_targets": targets,
+            "generate_bound_s": g_bound, "update_bound_s": u_bound, "decode_of_bound": g_bound / gen_s,
+            "update_of_bound": u_bound / upd_s if upd_s and log.calls["update"] else None,
+            "step_of_bound": (g_bound + u_bound) / step_s, "peak_rss_mb": m["memory/peak_rss_mb"],
+        })  # fmt: skip
+    shape = {"prompts": prompts, "group": group, "new_tokens": args.max_new_tokens or new_tokens}
+    return {"model": args.model, "task": args.task, "dtype": args.dtype, "shape": shape,
+            "costs": costs, "machine": machine, "versions": versions(), "algorithms": rows}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--task", default="svamp")
+    ap.add_argument(
+        "--style", default=None, help="prompt style (default: chat for the shapes above)"
+    )
+    ap.add_argument("--algos", default="grpo,sgrpo,tspmo")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=1, help="steps run before the measured one")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a tokenrl train setting"
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    mc = out["machine"]
+    bf16 = f", bf16 {mc['gemm_bf16_flops'] / 1e9:.0f}" if "gemm_bf16_flops" in mc else ""
+    print(f"{mc['cpu']}, {mc['threads']} threads: GEMM fp32 {mc['gemm_fp32_flops'] / 1e9:.0f}{bf16} "
+          f"GFLOP/s, read {mc['read_bytes_per_s'] / 1e9:.1f} GB/s; {out['model']} "
+          f"({out['costs']['params'] / 1e6:.0f}M) {out['dtype']}")  # fmt: skip
+    print(
+        "| algo | step s | generate s (of bound) | update s (of bound) | gen tokens/s | decode rows | update tokens |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in out["algorithms"]:
+        u = (
+            f"{r['update_s']:.2f} ({r['update_of_bound']:.2f})"
+            if r["update_of_bound"] is not None
+            else "-"
+        )
+        print(f"| {r['algo']} | {r['step_s']:.2f} | {r['generate_s']:.2f} ({r['decode_of_bound']:.2f}) | {u} | "
+              f"{r['generate_tokens_per_s']:.1f} | {r['decode_rows_run']} | {r['update_tokens_run']} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
