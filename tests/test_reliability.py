@@ -526,16 +526,24 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference):
     _assert_finished_like(run, reference)
 
 
-def test_ctrl_c_saves_the_last_step_and_resume_is_exact(tmp_path, reference):
+@pytest.mark.parametrize(
+    "sig, status, by",
+    [(signal.SIGINT, 130, ""), (signal.SIGTERM, 143, " (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_saves_the_last_step_and_resume_is_exact(
+    tmp_path, reference, sig, status, by
+):
+    """SIGTERM (what timeout, Slurm and Kubernetes send first) is handled like Ctrl-C, exit 128 + 15."""
     run, log = tmp_path / "run", tmp_path / "err.log"
     proc = _launch([*QUICK, "--train.steps", str(STEPS), "--out", str(run)], log)
     assert _wait_for(proc, lambda: _last_step(run) >= 3, "step 3"), log.read_text()
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == status, log.read_text()
     err = log.read_text()
     assert "Traceback" not in err, err
     assert f"resume with: tokenrl train --resume {run}" in err, err
-    step = int(err.split("interrupted after step ")[1].split(";")[0])
+    step = int(err.split("interrupted after step ")[1].split(f"{by};")[0])
     assert 3 <= step < STEPS and train_steps(run) == list(range(1, step + 1))
     assert checkpoint_dirs(run)[-1].name == f"step-{step:06d}"
     assert not (run / "adapter").exists()
@@ -792,23 +800,6 @@ def test_the_lock_is_held_for_the_run_and_released_after(tmp_path):
     train(quick_config("--train.steps", "1"), run, overwrite=True, on_event=lambda s: None)
     with RunLock(run):  # released when train returned
         pass
-
-
-def test_sigterm_saves_the_last_step_exits_143_and_resume_is_exact(tmp_path, reference):
-    run, log = tmp_path / "run", tmp_path / "err.log"
-    proc = _launch([*QUICK, "--train.steps", str(STEPS), "--out", str(run)], log)
-    assert _wait_for(proc, lambda: _last_step(run) >= 3, "step 3"), log.read_text()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143, log.read_text()
-    err = log.read_text()
-    assert "Traceback" not in err, err
-    assert f"resume with: tokenrl train --resume {run}" in err, err
-    step = int(err.split("interrupted after step ")[1].split(" (SIGTERM)")[0])
-    assert 3 <= step < STEPS and train_steps(run) == list(range(1, step + 1))
-    assert checkpoint_dirs(run)[-1].name == f"step-{step:06d}"
-    proc = _launch(["--resume", str(run)], log)
-    assert proc.wait(timeout=300) == 0, log.read_text()
-    _assert_finished_like(run, reference)
 
 
 class _Planted:

@@ -42,14 +42,23 @@ DISK_ERRNOS = {
 }
 
 
-def describe_disk_error(err: OSError) -> str | None:
-    """One message for a write that failed because of the disk or permissions (naming the path
-    and what to do), or ``None`` when ``err`` is some other failure."""
+def disk_problem(err: OSError) -> str | None:
+    """``"cannot write PATH: the disk is full"`` for a write that failed because of the disk or
+    permissions, or ``None`` when ``err`` is some other failure."""
     if err.errno not in DISK_ERRNOS:
         return None
     where = f" {err.filename}" if err.filename else ""
+    return f"cannot write{where}: {DISK_ERRNOS[err.errno]}"
+
+
+def describe_disk_error(err: OSError) -> str | None:
+    """One message for a write that failed because of the disk or permissions (naming the path
+    and what to do), or ``None`` when ``err`` is some other failure."""
+    problem = disk_problem(err)
+    if problem is None:
+        return None
     return (
-        f"cannot write{where}: {DISK_ERRNOS[err.errno]} ({err.strerror}). Fix: free some space or "
-        "choose a writable --out; a training run keeps its last complete checkpoint, so "
-        "`tokenrl train --resume RUN_DIR` continues from there"
+        f"{problem} ({err.strerror}). Fix: free some space or choose a writable --out; a training "
+        "run keeps its last complete checkpoint, so `tokenrl train --resume RUN_DIR` continues "
+        "from there"
     )

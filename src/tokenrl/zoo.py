@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenrl.errors import DISK_ERRNOS, ModelError
+from tokenrl.errors import ModelError, disk_problem
 from tokenrl.gguf import (
     WHEELS_ENV,
     ChunkedGguf,
@@ -160,13 +160,10 @@ def status(name: str, cache: Path | None = None) -> str:
 
 def _disk_message(name: str, err: OSError) -> str | None:
     """One message for a write that failed for lack of space or permission, else None."""
-    if err.errno not in DISK_ERRNOS:
+    problem = disk_problem(err)
+    if problem is None:
         return None
-    where = f" {err.filename}" if err.filename else ""
-    return (
-        f"{name}: cannot write{where}: {DISK_ERRNOS[err.errno]}. Nothing was cached; free some "
-        "space or point TOKENRL_CACHE at another disk"
-    )
+    return f"{name}: {problem}. Nothing was cached; free some space or point TOKENRL_CACHE at another disk"
 
 
 def ensure_cached(
