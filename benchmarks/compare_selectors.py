@@ -43,14 +43,12 @@ def run_one(config: str, name: str, options: str, seed: int, out: Path, extra: l
     if (out / "eval.json").exists() and "after" in json.loads((out / "eval.json").read_text()):
         print(f"{out.name}: done already", flush=True)
         return
-    cmd = [sys.executable, "-m", "tokenrl", "train", config, "--train.algo", "grpo",
-           "--grpo.selector", name, "--grpo.selector_options", options, "--train.seed", str(seed),
-           "--log.progress", "false", *extra]  # fmt: skip
-    if out.exists():
-        cmd += ["--resume", str(out)]
-        cmd = [c for c in cmd if c != config]
+    if out.exists():  # a run cut short: it resumes with its own saved config
+        cmd = [sys.executable, "-m", "tokenrl", "train", "--resume", str(out)]
     else:
-        cmd += ["--out", str(out)]
+        cmd = [sys.executable, "-m", "tokenrl", "train", config, "--train.algo", "grpo",
+               "--grpo.selector", name, "--grpo.selector_options", options,
+               "--train.seed", str(seed), "--log.progress", "false", *extra, "--out", str(out)]  # fmt: skip
     print(" ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -32,6 +32,8 @@ def test_the_harness_runs_every_selector_and_seed_and_writes_the_table(tmp_path:
             assert (out / f"{label}-s{seed}" / "eval.json").exists()
         assert f"| {label} |" in table  # the mean over seeds
     assert (out / "compare.png").exists() and (out / "machine.json").exists()
-    # a second call finds every run finished and only rewrites the table
+    # a second call skips the finished runs and resumes one that was cut short (no eval.json)
+    (out / "all-s0" / "eval.json").unlink()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done already") == 6, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done already") == 5, again.stderr[-2000:]
+    assert "--resume" in again.stdout and (out / "all-s0" / "eval.json").exists()
