@@ -11,6 +11,7 @@ def test_eval_writes_summary_and_completions(tmp_path, capsys):
                  "--max-new-tokens", "5"]) == 0  # fmt: skip
     summary = json.loads((out / "eval.json").read_text())
     assert summary["n"] == 6 and summary["samples"] == 1 and summary["style"] == "fewshot"
+    assert summary["machine"]["cpu"] and "avx2" in summary["machine"]["cpu_features"]  # recorded
     lo, hi = summary["ci95"]
     assert lo <= summary["accuracy"] <= hi
     # a random byte model: every completion runs to the 5-token limit (it never writes "\n")

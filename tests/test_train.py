@@ -56,6 +56,7 @@ def test_a_short_run_writes_every_file(tmp_path, algo):
     ):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert summary["machine"]["cpu"] and "threads" in summary["machine"]  # the numbers' machine
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["train"]["algo"] == algo and saved["rollout"]["group_size"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokenrl.cli_base import add_model_args, command, parse_key_values, setup_torch
 from tokenrl.errors import UsageError
+from tokenrl.machine import machine_info
 
 
 @command("models", "list the built-in models and their sizes")(lambda p: None)
@@ -174,6 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {
         "model": args.model, "adapter": args.adapter, "split": args.split, "style": task.resolve_style(lm.tokenizer),
         "max_new_tokens": max_new, "dtype": args.dtype, "task_options": options, **result.summary(),
+        "machine": machine_info(lm.device.type),
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -26,6 +26,7 @@ from tokenrl.errors import Interrupted, RunError
 from tokenrl.evaluation import EvalResult, evaluate
 from tokenrl.guards import StopRequest, nonfinite_stop_message
 from tokenrl.heap import trim_heap
+from tokenrl.machine import machine_info
 from tokenrl.modelcard import write_model_card
 from tokenrl.runlock import LOCK_NAME, RunLock
 from tokenrl.runlog import (
@@ -174,6 +175,7 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
             "train_seconds": sum(r.get("time/step", 0.0) for r in steps),
             "train_cpu_seconds": sum(r.get("cpu/step_seconds", 0.0) for r in steps),
             "reward_errors": sum(r.get("reward/errors") or 0 for r in steps),
+            "machine": machine_info(tr.lm.device.type),  # CPU model and features, threads
         }
     )
     if "before" in summary:
