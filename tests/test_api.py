@@ -185,3 +185,18 @@ def test_make_config_validates_like_the_command_line():
         "task",
         "rewards_for_tests:half_bytes_low",
     ) and two.task.reward_weights == (1.0, 0.5)
+
+
+def test_a_trl_style_reward_works_from_the_command_line_beside_the_exact_match(tmp_path):
+    from tokenrl.cli import main
+
+    argv = ["train", "--model", "tiny", "--task", "mult:2x1", "--algo", "grpo",
+            "--task.reward", "rewards_for_tests:half_bytes_low_trl,task", "--task.reward_weights", "1,0.5",
+            "--task.eval_limit", "2", "--rollout.group_size", "4", "--rollout.prompts_per_step", "2",
+            "--rollout.max_new_tokens", "6", "--train.steps", "1", "--train.eval_every", "0",
+            "--log.progress", "false", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    (step,) = [json.loads(x) for x in lines if '"reward/mean"' in x]
+    mean = step["reward/half_bytes_low_trl"] + 0.5 * step["reward/task"]
+    assert step["reward/mean"] == pytest.approx(mean)
