@@ -222,3 +222,26 @@ def test_bf16_dtype():
     assert next(lm.model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ModelError, match="unknown dtype"):
         load_model("tiny", dtype="fp8")
+
+
+def test_the_lm_head_of_an_adapted_model_gets_a_contiguous_input():
+    """generate slices the last position of [rows, P, H]; under peft that strided view made the
+    head's matmul broadcast its weight over the rows (18.8 GB for 64 Qwen2.5-0.5B prompts)."""
+    from tokenrl.models import (
+        LoraSpec,
+        apply_lora,
+        build_tiny,
+        contiguous_head_input,
+        decoder_and_head,
+    )
+    from tokenrl.rollout import SamplingConfig, generate_rollouts
+
+    model, tok = build_tiny("tiny")
+    model = apply_lora(model, LoraSpec(r=4))
+    head = decoder_and_head(model)[1]
+    seen = []
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    prompts = ["12*3=", "7*8=", "100*2="]  # different lengths: left padding, as in evaluation
+    generate_rollouts(model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=3))
+    assert seen and all(seen)
+    assert contiguous_head_input(model) is model and len(head._forward_pre_hooks) == 2  # once

@@ -228,7 +228,23 @@ def apply_lora(model: nn.Module, lora: LoraSpec):
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(lora.seed)
-        return get_peft_model(model, config)
+        return contiguous_head_input(get_peft_model(model, config))
+
+
+def contiguous_head_input(model: nn.Module) -> nn.Module:
+    """Give the LM head a contiguous input (a forward pre-hook on it); returns ``model``.
+
+    Under a peft adapter the last-position hidden states that ``generate`` slices for the head
+    (``[rows, 1, H]`` of a ``[rows, P, H]`` tensor) reach it as a strided view, and torch's matmul
+    then broadcasts the head's weight over the rows: 64 Qwen2.5-Coder-0.5B prompts of
+    multiplication needed 18.8 GB and 50 s to evaluate, 1.8 GB and 7 s with the copy (bf16,
+    2-core Xeon; the same answers).
+    """
+    head = decoder_and_head(model)[1]
+    if not getattr(head, "_tokenrl_contiguous", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._tokenrl_contiguous = True
+    return model
 
 
 def autocast(device: torch.device, dtype: str | None) -> contextlib.AbstractContextManager:
@@ -296,7 +312,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, trainable:
 
     if not (Path(adapter_dir) / "adapter_config.json").exists():
         raise ModelError(f"{adapter_dir} is not a peft adapter folder (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    return contiguous_head_input(
+        PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    )
 
 
 def load_model(
