@@ -3,7 +3,7 @@
 # learning rates), sgrpo and tspmo on 3-digit x 1-digit or 2x2-digit multiplication, the task
 # chosen from the base-accuracy calibration (benchmarks/base_accuracy.py: pass@8 in 20-80%).
 #
-#   scripts/qwen_results.sh [TASK [SEED]]   (default TASK=multiplication:2x2, SEED=0)
+#   scripts/qwen_results.sh [TASK [SEED]]   (default TASK=multiplication:3x1, SEED=0)
 #
 # The four runs train at once, one thread each (how they were measured on a 2-core machine), into
 # runs/qwen/<NAME>; a finished run is skipped, a killed one resumes. Afterwards `tokenrl compare`
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-TASK=${1:-multiplication:2x2}
+TASK=${1:-multiplication:3x1}
 SEED=${2:-0}
 SHORT=$(echo "$TASK" | sed 's/multiplication:/mult-/')
 mkdir -p runs/qwen
