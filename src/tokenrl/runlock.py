@@ -61,10 +61,6 @@ class RunLock:
             os.close(self._fd)  # closing the file releases the lock
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> RunLock:
         self.acquire()
         return self
