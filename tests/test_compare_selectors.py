@@ -23,8 +23,11 @@ def test_the_harness_runs_every_selector_and_seed_and_writes_the_table(tmp_path:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_selectors.py"), str(config),
            "--out", str(out), "--seeds", "0,1", "--selectors", "all;entropy={q: 0.5};nat-rpc"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    # two runs at once, one thread each: each run's output goes to its own log
+    parallel = [*cmd, "--jobs", "2", "--threads", "1"]
+    done = subprocess.run(parallel, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "--threads 1" in done.stdout and (out / "nat-rpc-s1.log").stat().st_size > 0
     table = (out / "selectors.md").read_text()
     for label in ("all", "entropy", "nat-rpc"):
         for seed in (0, 1):
