@@ -21,6 +21,13 @@ to the full length (EOS ignored) so every run does the same work.
 
     python benchmarks/step_bounds.py --model qwen2.5-coder-0.5b-instruct --task svamp --json
     python benchmarks/step_bounds.py --model tiny --task mult:2x1 --algos sgrpo   # smoke run
+    python benchmarks/step_bounds.py --model random:FOLDER --device cuda --dtype bf16 --json
+
+On a GPU (``--device cuda``) the bounds come from the GPU's own measured bf16/fp32 GEMM rate and
+read bandwidth, the clock waits for the GPU at the end of generation, and each algorithm's
+update reports its peak GPU memory (``update_peak_cuda_mb``: the most allocated during the update,
+weights included). ``random:FOLDER`` (tokenrl.models) gives a real architecture with random
+weights where the weights are not at hand.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from tokenrl.models import decoder_and_head
 from tokenrl.step import train_step
 from tokenrl.trainer import build_trainer
 
+RANDOM_REWARD = "benchmarks.trl.rewards:bench_reward"
+
 SHAPES = {
     # task: (prompts, completions per prompt, new tokens, prompt style)
     "svamp": (4, 8, 64, "chat"),
@@ -47,28 +56,58 @@ SHAPES = {
 }
 
 
-def gemm_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+def _best_seconds(fn, device: str, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up (synchronised on a GPU)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def gemm_flops(
+    dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5, device: str = "cpu"
+) -> float:
     """Best FLOP/s of an n x n x n product (all threads)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+def read_bandwidth(gib: float = 1.0, repeats: int = 5, device: str = "cpu") -> float:
     """Best bytes/s of a streaming read (a sum over a tensor much larger than the caches)."""
-    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
-    x.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32, device=device)
+    return x.numel() * 4 / _best_seconds(x.sum, device, repeats)
+
+
+def measure_machine(device: str, dtype: str, threads: int) -> dict[str, Any]:
+    """The bounds' inputs, measured now: GEMM FLOP/s of the run's dtype (and fp32) and read
+    bandwidth; on a GPU with larger products and tensors (the caches are larger)."""
+    if device.startswith("cuda"):
+        return {
+            "gpu": torch.cuda.get_device_name(),
+            "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30,
+            "cpu": cpu_model(),
+            "gemm_fp32_flops": gemm_flops(torch.float32, 8192, 10, device),
+            "gemm_bf16_flops": gemm_flops(torch.bfloat16, 8192, 10, device),
+            "read_bytes_per_s": read_bandwidth(4.0, 10, device),
+        }
+    feats = cpu_features()
+    machine = {
+        "cpu": cpu_model(),
+        "cpu_features": feats,
+        "threads": threads,
+        "gemm_fp32_flops": gemm_flops(torch.float32),
+    }
+    if dtype == "bf16" or feats.get("avx512_bf16") or feats.get("amx_bf16"):
+        machine["gemm_bf16_flops"] = gemm_flops(torch.bfloat16)
+    machine["read_bytes_per_s"] = read_bandwidth()
+    return machine
 
 
 def model_costs(model: torch.nn.Module) -> dict[str, Any]:
@@ -140,28 +179,24 @@ def update_bound(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    feats = cpu_features()
-    machine = {
-        "cpu": cpu_model(),
-        "cpu_features": feats,
-        "threads": args.threads,
-        "gemm_fp32_flops": gemm_flops(torch.float32),
-    }
-    if args.dtype == "bf16" or feats.get("avx512_bf16") or feats.get("amx_bf16"):
-        machine["gemm_bf16_flops"] = gemm_flops(torch.bfloat16)
+    machine = measure_machine(args.device, args.dtype, args.threads)
     # the bound of the run's dtype: its products run at that dtype's measured GEMM rate
     flops = machine["gemm_bf16_flops"] if args.dtype == "bf16" else machine["gemm_fp32_flops"]
-    bw = read_bandwidth()
-    machine["read_bytes_per_s"] = bw
+    bw = machine["read_bytes_per_s"]
     prompts, group, new_tokens, style = SHAPES.get(args.task, (4, 8, 64, "auto"))
-    rows = []
+    rows, cuda = [], args.device.startswith("cuda")
+    # random weights answer nothing right: every group would be skipped (no signal) and no
+    # update measured; the benchmarks' tie-broken reward gives every group distinct rewards
+    reward = {"task.reward": RANDOM_REWARD} if args.model.startswith("random:") else {}
     for algo in args.algos.split(","):
         settings = {
-            "model.name": args.model, "model.dtype": args.dtype, "task.name": args.task,
+            "model.name": args.model, "model.dtype": args.dtype, "model.device": args.device,
+            "task.name": args.task,
             "task.style": args.style or style, "train.algo": algo, "train.steps": 2,
             "rollout.prompts_per_step": prompts, "rollout.group_size": group,
             "rollout.max_new_tokens": args.max_new_tokens or new_tokens, "task.eval_limit": 1,
-            "log.progress": False, "log.samples_every": 0, **dict(kv.split("=", 1) for kv in args.set),
+            "log.progress": False, "log.samples_every": 0, **reward,
+            **dict(kv.split("=", 1) for kv in args.set),
         }  # fmt: skip
         cfg = load_config(None, list(settings.items()))
         tr = build_trainer(cfg, Path("/tmp/step_bounds"))
@@ -170,11 +205,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log = ForwardLog(tr.model)
         generate = tr.engine.generate
 
-        def logged_generate(*a, _log=log, _generate=generate, **kw):
+        def logged_generate(*a, _log=log, _generate=generate, _cuda=cuda, **kw):
             _log.phase = "generate"
             try:
                 return _generate(*a, **kw)
             finally:
+                if _cuda:  # the step's clock reads the end of generation: let the GPU finish
+                    torch.cuda.synchronize()
                 _log.phase = "update"
 
         tr.engine.generate = logged_generate
@@ -183,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             m = train_step(tr)
             log.phase = "other"
         log.close()
+        prompts, group = cfg.rollout.prompts_per_step, cfg.rollout.group_size  # --set may change them
         n_comp = prompts * group * (args.max_new_tokens or new_tokens)
         targets = m.get("tokens/update_frac", 1.0) * n_comp
         g_bound = generation_bound(log.calls["generate"], costs, flops, bw)
@@ -197,9 +235,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "generate_bound_s": g_bound, "update_bound_s": u_bound, "decode_of_bound": g_bound / gen_s,
             "update_of_bound": u_bound / upd_s if upd_s and log.calls["update"] else None,
             "step_of_bound": (g_bound + u_bound) / step_s, "peak_rss_mb": m["memory/peak_rss_mb"],
+            "update_peak_cuda_mb": m.get("memory/peak_cuda_mb"),
         })  # fmt: skip
+        del tr, log, m
+        if cuda:
+            torch.cuda.empty_cache()
     shape = {"prompts": prompts, "group": group, "new_tokens": args.max_new_tokens or new_tokens}
-    return {"model": args.model, "task": args.task, "dtype": args.dtype, "shape": shape,
+    return {"model": args.model, "task": args.task, "dtype": args.dtype, "device": args.device,
+            "reward": reward.get("task.reward", "task"), "shape": shape,
             "costs": costs, "machine": machine, "versions": versions(), "algorithms": rows}  # fmt: skip
 
 
@@ -212,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--algos", default="grpo,sgrpo,tspmo")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=1, help="steps run before the measured one")
@@ -226,13 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mc = out["machine"]
     bf16 = f", bf16 {mc['gemm_bf16_flops'] / 1e9:.0f}" if "gemm_bf16_flops" in mc else ""
-    print(f"{mc['cpu']}, {mc['threads']} threads: GEMM fp32 {mc['gemm_fp32_flops'] / 1e9:.0f}{bf16} "
+    where = mc.get("gpu") or f"{mc['cpu']}, {mc['threads']} threads"
+    print(f"{where}: GEMM fp32 {mc['gemm_fp32_flops'] / 1e9:.0f}{bf16} "
           f"GFLOP/s, read {mc['read_bytes_per_s'] / 1e9:.1f} GB/s; {out['model']} "
           f"({out['costs']['params'] / 1e6:.0f}M) {out['dtype']}")  # fmt: skip
-    print(
-        "| algo | step s | generate s (of bound) | update s (of bound) | gen tokens/s | decode rows | update tokens |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("| algo | step s | generate s (of bound) | update s (of bound) | gen tokens/s | decode rows "
+          "| update tokens | peak MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in out["algorithms"]:
         u = (
             f"{r['update_s']:.2f} ({r['update_of_bound']:.2f})"
@@ -240,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             else "-"
         )
         print(f"| {r['algo']} | {r['step_s']:.2f} | {r['generate_s']:.2f} ({r['decode_of_bound']:.2f}) | {u} | "
-              f"{r['generate_tokens_per_s']:.1f} | {r['decode_rows_run']} | {r['update_tokens_run']} |")  # fmt: skip
+              f"{r['generate_tokens_per_s']:.1f} | {r['decode_rows_run']} | {r['update_tokens_run']} | "
+              f"{r['update_peak_cuda_mb'] or r['peak_rss_mb']:.0f} |")  # fmt: skip
     return 0
 
 

@@ -272,3 +272,18 @@ def test_bench_step_reports_each_phase_against_the_machines_bounds(capsys):
     (row,) = report["algorithms"]
     assert row["algo"] == "grpo" and row["step_s"] > 0 and 0 < row["decode_of_bound"]
     assert {"decode_of_bound", "update_of_bound", "step_of_bound"} <= set(row)
+
+
+def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, tmp_path):
+    """``random:FOLDER`` answers nothing right, so the bench gives it the tie-broken reward:
+    every group has signal and the update is measured (with the task's reward it is skipped)."""
+    from test_models import _architecture_folder
+
+    folder = _architecture_folder(tmp_path)
+    argv = ["bench", "step", "--model", f"random:{folder}", "--task", "mult:2x1", "--algos",
+            "sgrpo", "--threads", "1", "--warmup", "0", "--max-new-tokens", "6", "--json"]  # fmt: skip
+    report = _run_json(capsys, argv)
+    assert report["reward"] == "benchmarks.trl.rewards:bench_reward" and report["device"] == "cpu"
+    assert report["costs"]["hidden"] == 48
+    (row,) = report["algorithms"]
+    assert row["update_tokens_run"] > 0 and row["update_of_bound"] > 0

@@ -72,6 +72,40 @@ def test_tiny_saves_and_reloads_offline_with_identical_logits(tmp_path, monkeypa
     assert again.tokenizer.eos_token_id == lm.tokenizer.eos_token_id
 
 
+def _architecture_folder(tmp_path, hidden=48):
+    """A config.json (a small Qwen2) and the byte tokenizer: what ``random:FOLDER`` reads."""
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(vocab_size=len(TOK), hidden_size=hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                         tie_word_embeddings=True)  # fmt: skip
+    config.save_pretrained(tmp_path)
+    TOK.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_random_spec_builds_the_architecture_with_seeded_random_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _architecture_folder(tmp_path)
+    a = load_model(f"random:{folder}", dtype="bf16")
+    b = load_model(f"random:{folder}")
+    body = a.model.get_decoder()
+    assert body.config.hidden_size == 48 and len(body.layers) == 2
+    assert a.model.dtype == torch.bfloat16 and a.info["source"].startswith("random weights")
+    wa = a.model.get_input_embeddings().weight
+    wb = b.model.get_input_embeddings().weight
+    assert torch.equal(wa, wb.to(torch.bfloat16))  # seed 0, whatever the dtype asked
+    assert wa.float().std() > 0.005  # initialised, not zeros
+    assert not (folder / "model.safetensors").exists()  # no weights were read or written
+    assert a.tokenizer.pad_token_id is not None and a.tokenizer.padding_side == "left"
+
+
+def test_random_spec_without_a_config_says_what_it_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="no config.json and tokenizer"):
+        load_model(f"random:{tmp_path}")
+
+
 def test_unknown_model_gives_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="not a built-in name"):
         load_model(str(tmp_path / "no-such-model"))

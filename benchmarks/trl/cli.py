@@ -111,7 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         argv = ["--model", args.model, "--task", args.task, "--algos", args.algos,
                 "--dtype", args.dtype or "fp32", "--threads", str(args.threads),
-                "--warmup", str(args.warmup)]  # fmt: skip
+                "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
         argv += ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
         argv += [x for kv in args.set for x in ("--set", kv)] + (["--json"] if args.json else [])
         return step_main(argv)

