@@ -87,9 +87,20 @@ def _tiny_batch(model, tok, lengths: list[int], P: int = 4) -> RolloutBatch:
     )
 
 
-def test_chunked_entropy_equals_the_full_logits_entropy():
+@pytest.mark.parametrize("shared", [False, True], ids=["own-prompts", "group-prompts"])
+def test_chunked_entropy_equals_the_full_logits_entropy(shared):
     model, tok = build_tiny("tiny")
     batch = _tiny_batch(model, tok, [6, 3, 5, 1])
+    if shared:  # each group's two rows share their prompt: encoded once, its cache copied
+        batch.prompt_ids[1], batch.prompt_mask[1] = batch.prompt_ids[0], batch.prompt_mask[0]
+        batch.prompt_ids[3], batch.prompt_mask[3] = batch.prompt_ids[2], batch.prompt_mask[2]
+        seen = []
+        hook = model.get_decoder().embed_tokens.register_forward_hook(
+            lambda m, inp, out: seen.append(tuple(inp[0].shape))
+        )
+        token_entropy(model, batch, temperature=0.7, chunk_size=3)
+        hook.remove()
+        assert seen == [(2, 4), (4, 6)]  # 2 distinct prompts of 4 tokens, then 4 rows x T = 6
     got = token_entropy(model, batch, temperature=0.7, chunk_size=3)
     with torch.no_grad():
         attn = batch.attention_mask.long()

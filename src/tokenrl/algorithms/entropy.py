@@ -3,9 +3,14 @@
 H_t = -sum_v pi(v | x, y_<t) log pi(v | x, y_<t) = logsumexp(z) - sum_v softmax(z)_v z_v, with
 z = logits / temperature (the distribution the token was sampled from, before top-p; TRL's
 ``top_entropy_quantile`` uses the same). :func:`token_entropy` runs the body once under
-``no_grad`` and applies the LM head to ``chunk_size`` positions at a time, so at most
-[chunk_size, V] logits exist at once, never [B, T, V]; the gradient pass then runs the LM head
-only at the selected positions.
+``no_grad``, the way the update runs it (columns after the last completion token and leading
+all-padding columns cut; each distinct prompt of a group encoded once, its KV cache shared by
+the group's rows: :func:`tokenrl.algorithms.logprobs.shared_prompt_states`), and applies the LM
+head to ``chunk_size`` positions at a time, so at most [chunk_size, V] logits exist at once,
+never [B, T, V]; the gradient pass then runs the LM head only at the selected positions.
+The shared prompt pass gives the same entropies up to float rounding (fp32: 1e-6 in the tests;
+bf16: up to 0.08 nats on Qwen2.5-Coder-0.5B, mean 1.0) and is 3.5x faster there (64 rows of
+3x1 multiplication, 8 prompts of about 50 tokens, about 6 completion tokens).
 
 Shape legend: B = rows, P = padded prompt length, T = padded completion length, V = vocabulary.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tokenrl.algorithms.logprobs import shared_prompt_states
 from tokenrl.models import decoder_and_head
 from tokenrl.rollout import RolloutBatch, mask_position_ids
 
@@ -42,15 +48,29 @@ def token_entropy(
 def _entropy(
     body: nn.Module, head: nn.Module, batch: RolloutBatch, temperature: float, chunk_size: int
 ) -> torch.Tensor:
-    ids, attn = batch.input_ids, batch.attention_mask.to(torch.long)  # [B, P + T]
-    states = body(
-        input_ids=ids, attention_mask=attn, position_ids=mask_position_ids(attn), use_cache=False
-    ).last_hidden_state  # [B, P + T, H]
-    P = batch.prompt_ids.shape[1]
+    out = torch.zeros(
+        batch.completion_mask.shape, dtype=torch.float32, device=batch.input_ids.device
+    )
     r, t = batch.completion_mask.nonzero(as_tuple=True)  # [n], [n]
-    hidden = states[r, P + t - 1]  # [n, H]: the state before token t predicts it
+    if r.numel() == 0:
+        return out
+    P = batch.prompt_ids.shape[1]
+    attn = batch.attention_mask.to(torch.long)  # [B, P + T]
+    end = P + int(t.max()) + 1  # later columns cannot change earlier states (causal attention)
+    start = int(attn[:, :end].any(dim=0).long().argmax())  # the first column holding a token
+    ids, attn = batch.input_ids[:, start:end], attn[:, start:end]  # [B, L']
+    states = shared_prompt_states(body, ids, attn, P - start) if P > start else None
+    if states is not None:  # [B, 1 + L' - (P - start), H]: column c is position P - 1 + c
+        hidden = states[r, t]  # [n, H]: the state before completion token t predicts it
+    else:  # no two rows share a prompt: every row whole
+        states = body(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=mask_position_ids(attn),
+            use_cache=False,
+        ).last_hidden_state  # [B, L', H]
+        hidden = states[r, P - start + t - 1]  # [n, H]
     del states
-    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=ids.device)
     for i in range(0, hidden.shape[0], chunk_size):
         part = slice(i, i + chunk_size)
         out[r[part], t[part]] = entropy_of_logits(head(hidden[part]), temperature)  # [chunk]

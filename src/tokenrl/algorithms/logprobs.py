@@ -143,7 +143,7 @@ def _checkpointing(body: nn.Module) -> bool:
     return bool(getattr(body, "gradient_checkpointing", False)) and body.training
 
 
-def _shared_prompt_states(
+def shared_prompt_states(
     body: nn.Module, ids: torch.Tensor, attn: torch.Tensor, split: int
 ) -> torch.Tensor | None:
     """Hidden states of rows that share prompts, each distinct prompt encoded once.
@@ -223,7 +223,7 @@ def selective_logprobs(
     split = prompt_len - start  # the prompt's width after the cut
     states = None
     if 0 < split < ids.shape[1] and not bool(target[:, :split].any()) and not _checkpointing(body):
-        states = _shared_prompt_states(body, ids, attn, split)  # [b, 1 + L' - split, H]
+        states = shared_prompt_states(body, ids, attn, split)  # [b, 1 + L' - split, H]
     offset = split  # column 0 of the shared states is position split - 1
     if states is None:
         states = body(
