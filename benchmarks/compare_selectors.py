@@ -12,7 +12,8 @@ row per selector (the mean over seeds), and ``OUT/compare.png`` the curves (``to
 
 CONFIG is any ``tokenrl train`` config (e.g. a quickstart's ``OUT/configs/grpo.yaml``, or
 ``configs/qwen0.5b/multiplication_grpo.yaml``); extra ``--set KEY=VALUE`` pairs apply to every
-run; ``--jobs N`` trains N runs at once (each with ``--threads T`` torch threads, when given). The
+run; ``--include LABEL=DIR,DIR`` adds finished runs of the same settings to the table (e.g. the
+methods' own runs); ``--jobs N`` trains N runs at once (each with ``--threads T`` torch threads, when given). The
 machine (CPU model and features) is written to ``OUT/machine.json``.
 """
 
@@ -106,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         "--selectors", default=DEFAULT, help=f"';'-separated NAME[=OPTIONS] (default: {DEFAULT})"
     )
     p.add_argument("--seeds", default="0,1")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR[,DIR...]",
+        help="finished runs of the same config to put in the table under LABEL (not run again)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--set",
@@ -138,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             folder = out / f"{label}-s{seed}"
             todo.append((args.config, name, options, seed, folder, extra, args.jobs > 1))
             runs.setdefault(label, []).append(folder)
+    for item in args.include:
+        label, _, dirs = item.partition("=")
+        folders = [Path(d) for d in dirs.split(",") if d]
+        missing = [str(f) for f in folders if not (f / "eval.json").exists()]
+        if not label or not folders or missing:
+            p.error(
+                f"--include {item!r}: give LABEL=DIR[,DIR...] of finished runs (no eval.json: {missing})"
+            )
+        runs[label] = folders
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for done in [pool.submit(run_one, *job) for job in todo]:
             done.result()

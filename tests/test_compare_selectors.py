@@ -40,3 +40,14 @@ def test_the_harness_runs_every_selector_and_seed_and_writes_the_table(tmp_path:
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 5, again.stderr[-2000:]
     assert "--resume" in again.stdout and (out / "all-s0" / "eval.json").exists()
+    # finished runs made elsewhere join the table under their own label, and are not run again
+    include = ["--selectors", "nat-rpc", "--include", f"earlier={out / 'all-s0'},{out / 'all-s1'}"]
+    third = subprocess.run(
+        [*cmd[:-2], *include], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert third.returncode == 0 and third.stdout.count("done already") == 2, third.stderr[-2000:]
+    assert "| earlier |" in (out / "selectors.md").read_text()
+    bad = subprocess.run(
+        [*cmd, "--include", f"x={tmp_path}"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "finished runs" in bad.stderr
