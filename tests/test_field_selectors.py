@@ -237,7 +237,31 @@ def test_nat_rpc_truncated_forward_gives_the_full_forwards_logprobs():
     assert (short[~cut] == 0).all()
 
 
-def test_training_with_the_entropy_selector_updates_about_q_of_the_tokens(tmp_path, monkeypatch):
+def test_entropy_per_batch_is_trls_quantile_cut_by_hand():
+    from tokenrl.algorithms.entropy import batch_entropy_threshold
+
+    # two groups of one row each (as run_selector_by_group would pass them), 6 real tokens
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    entropy = torch.tensor([[0.1, 0.9, 0.5, 0.7, 5.0], [0.3, 0.2, 9.0, 9.0, 9.0]])
+    # sorted real entropies 0.1 0.2 0.3 0.5 0.7 0.9; q = 0.5: the 0.5 quantile, linear between
+    # order statistics 2 and 3 (0-based, position 0.5 * 5 = 2.5): (0.3 + 0.5) / 2 = 0.4
+    tau = batch_entropy_threshold(entropy[mask], 0.5)
+    assert tau == pytest.approx(0.4)
+    got = torch.cat([entropy_select(mask[i : i + 1], None, entropy=entropy[i : i + 1], q=0.5,
+                                    per_batch=True, threshold=tau) for i in (0, 1)])  # fmt: skip
+    assert got.int().tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]  # 0.5, 0.7, 0.9 of row 0
+    # per group instead: ceil(0.5 * 2) = 1 token of row 1 as well (0.3)
+    alone = entropy_select(mask[1:], None, entropy=entropy[1:], q=0.5)
+    assert alone.int().tolist() == [[1, 0, 0, 0, 0]]
+    assert batch_entropy_threshold(torch.zeros(0), 0.2) == math.inf  # no real token: none kept
+    with pytest.raises(ValueError, match="threshold was not computed"):
+        entropy_select(mask, None, entropy=entropy, per_batch=True)
+
+
+@pytest.mark.parametrize("options", ["{q: 0.25}", "{q: 0.25, per_batch: true}"])
+def test_training_with_the_entropy_selector_updates_about_q_of_the_tokens(
+    tmp_path, monkeypatch, options
+):
     from tokenrl.config import load_config, parse_overrides
     from tokenrl.run import train
 
@@ -246,13 +270,16 @@ def test_training_with_the_entropy_selector_updates_about_q_of_the_tokens(tmp_pa
             "--task.reward", "rewards_for_tests:half_bytes_low", "--rollout.max_new_tokens", "8",
             "--rollout.prompts_per_step", "2", "--rollout.group_size", "4", "--train.steps", "2",
             "--train.eval_every", "0", "--log.progress", "false", "--train.algo", "grpo",
-            "--grpo.selector", "entropy", "--grpo.selector_options", "{q: 0.25}"]  # fmt: skip
+            "--grpo.selector", "entropy", "--grpo.selector_options", options]  # fmt: skip
     train(load_config(None, parse_overrides(args)), tmp_path, on_event=lambda s: None)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     import json
 
     fracs = [json.loads(x)["tokens/update_frac"] for x in lines if '"tokens/update_frac"' in x]
-    assert len(fracs) == 2 and all(0.25 <= f < 0.25 + 4 / 8 for f in fracs), fracs
+    if "per_batch" in options:  # one cut over the batch's tokens: about q of them, ties aside
+        assert len(fracs) == 2 and all(0.2 <= f <= 0.35 for f in fracs), fracs
+    else:  # ceil(q n) of each group
+        assert len(fracs) == 2 and all(0.25 <= f < 0.25 + 4 / 8 for f in fracs), fracs
 
 
 @pytest.mark.parametrize(
@@ -263,6 +290,7 @@ def test_training_with_the_entropy_selector_updates_about_q_of_the_tokens(tmp_pa
         ("nat-urs", "{p: -0.2}", "p=-0.2 must be a number in (0, 1]"),
         ("nat-rpc", "{p: 0.5}", "unknown option 'p'"),
         ("entropy", "{per_sequence: 3}", "per_sequence=3 must be true or false"),
+        ("entropy", "{per_sequence: true, per_batch: true}", "choose one scope"),
     ],
 )
 def test_bad_selector_options_exit_2_before_any_model_loads(

@@ -37,6 +37,7 @@ class RolloutBatch:
     prompt_index: torch.Tensor  # [B] long, which of the N prompts each row continues
     timings: dict[str, float] = field(default_factory=dict)
     token_entropy: torch.Tensor | None = None  # [B, T] float32, only when a selector needs it
+    entropy_threshold: float | None = None  # the whole batch's top-q entropy cut (per_batch)
 
     @property
     def num_prompts(self) -> int:
@@ -290,6 +291,7 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         prompt_index=batch.prompt_index[rows],
         timings=dict(batch.timings),
         token_entropy=None if batch.token_entropy is None else batch.token_entropy[rows],
+        entropy_threshold=batch.entropy_threshold,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tokenrl.algorithms.advantages import settled_groups
-from tokenrl.algorithms.entropy import token_entropy
+from tokenrl.algorithms.entropy import batch_entropy_threshold, token_entropy
 from tokenrl.algorithms.losses import LossInputs, aggregation_denominator, rescale_coefficients
 from tokenrl.algorithms.replay import rollout_items
 from tokenrl.algorithms.selectors import selector_needs
@@ -118,6 +118,10 @@ def prepare(
     spec = getattr(cfg, "selector_spec", None)
     if spec is not None and "entropy" in selector_needs(spec()[0]):  # only when a selector asks
         batch.token_entropy = token_entropy(tr.model, batch, temperature=tr.cfg.rollout.temperature)
+        options = spec()[1]
+        if options.get("per_batch"):  # TRL's cut: over every rank's real tokens, not one group
+            (real,) = tr.dist.cat(batch.token_entropy[batch.completion_mask])
+            batch.entropy_threshold = batch_entropy_threshold(real, options.get("q", 0.2))
     generators = [
         torch.Generator().manual_seed(derive_seed(seed, step, "select", i))
         for i in prompts.global_index

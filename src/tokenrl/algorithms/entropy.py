@@ -25,6 +25,16 @@ from tokenrl.models import decoder_and_head
 from tokenrl.rollout import RolloutBatch, mask_position_ids
 
 
+def batch_entropy_threshold(entropies: torch.Tensor, q: float) -> float:
+    """The entropy above which a token is in the top-q fraction of a whole batch, as TRL's
+    ``get_high_entropy_mask`` computes it: tau = quantile(H, 1 - q) over the batch's real tokens
+    (linear interpolation between order statistics); the tokens with H_t >= tau are selected.
+    ``entropies`` [n] float (every real token of the batch, all data-parallel ranks) -> tau."""
+    if entropies.numel() == 0:
+        return float("inf")
+    return float(torch.quantile(entropies.double(), 1.0 - q))
+
+
 def entropy_of_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy (nats) of softmax(logits / temperature) along the last dimension, in float32."""
     z = logits.float() / temperature

@@ -70,6 +70,8 @@ def prepare_group(
     advantages = group_advantages(rewards, G, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)  # [B]
     name, options = cfg.selector_spec()
     per_token = {"entropy": batch.token_entropy} if batch.token_entropy is not None else {}
+    if batch.entropy_threshold is not None:  # the entropy selector's per_batch cut (tokenrl.step)
+        options = {**options, "threshold": batch.entropy_threshold}
     if isinstance(generator, list):
         update_mask = run_selector_by_group(
             name, batch.completion_mask, generator, G, options, per_token

@@ -153,10 +153,13 @@ sgrpo_select = selector(inclusion=sgrpo_inclusion, check=_check_sgrpo)(sgrpo_sel
 
 
 def _check_entropy(options: dict[str, Any]) -> None:
-    _options(("q", "per_sequence"))(options)
+    _options(("q", "per_sequence", "per_batch"))(options)
     _in_unit("q", options.get("q", 0.2))
-    if not isinstance(options.get("per_sequence", False), bool):
-        raise ValueError(f"per_sequence={options['per_sequence']!r} must be true or false")
+    for flag in ("per_sequence", "per_batch"):
+        if not isinstance(options.get(flag, False), bool):
+            raise ValueError(f"{flag}={options[flag]!r} must be true or false")
+    if options.get("per_sequence") and options.get("per_batch"):
+        raise ValueError("per_sequence and per_batch: choose one scope of the top-q cut")
 
 
 @selector(needs=("entropy",), check=_check_entropy)
@@ -167,16 +170,25 @@ def entropy_select(
     entropy: torch.Tensor,
     q: float = 0.2,
     per_sequence: bool = False,
+    per_batch: bool = False,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """The top-q fraction of tokens by the policy's predictive entropy H_t = -sum_v pi(v) log pi(v)
     ("Beyond the 80/20 Rule", arXiv 2506.01939; TRL's ``top_entropy_quantile``).
 
     Of the n real tokens passed in, the ceil(q n) with the highest entropy are selected (ties: the
     earlier position first); with ``per_sequence`` the ceil(q n_b) highest of each row b. The
-    trainer passes one group at a time (:func:`run_selector_by_group`), so "the batch" of TRL is
-    a group here: the choice does not depend on how groups are batched or sharded.
+    trainer passes one group at a time (:func:`run_selector_by_group`), so by default the cut is
+    per group: the choice does not depend on how groups are batched or sharded. ``per_batch``
+    is TRL's rule: every token with H_t >= ``threshold``, the (1 - q) quantile of the entropies
+    of the whole step's batch over all data-parallel ranks
+    (:func:`tokenrl.algorithms.entropy.batch_entropy_threshold`, computed by the step).
     ``completion_mask`` [B, T] bool, ``entropy`` [B, T] float -> ``update_mask`` [B, T] bool.
     """
+    if per_batch:
+        if threshold is None:
+            raise ValueError("entropy per_batch: the batch's threshold was not computed")
+        return completion_mask & (entropy >= threshold)
     # highest entropy first, padding last; a stable sort keeps equal entropies in position order
     score = torch.where(
         completion_mask, entropy.double(), torch.full_like(entropy.double(), -math.inf)
