@@ -279,3 +279,39 @@ def test_the_lm_head_of_an_adapted_model_gets_a_contiguous_input():
     generate_rollouts(model, tok, prompts, SamplingConfig(greedy=True, max_new_tokens=3))
     assert seen and all(seen)
     assert contiguous_head_input(model) is model and len(head._forward_pre_hooks) == 2  # once
+
+
+def test_auto_dtype_follows_the_devices_features(monkeypatch):
+    import tokenrl.machine as machine
+    from tokenrl.models import auto_dtype, dtype_name, resolve_dtype
+
+    cpu = torch.device("cpu")
+    feats = {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": True}
+    monkeypatch.setattr(machine, "cpu_features", lambda: dict(feats))
+    assert auto_dtype(cpu) == torch.bfloat16 and resolve_dtype("auto", cpu) == torch.bfloat16
+    feats["amx_bf16"] = False  # AVX-512 bf16 alone: untested here, so fp32
+    assert auto_dtype(cpu) == torch.float32
+    feats.update(avx512f=False, avx512_bf16=False)  # AVX2 only: bf16 is emulated and slow
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16  # an explicit choice is kept
+    assert dtype_name(torch.bfloat16) == "bf16" and dtype_name(torch.float32) == "fp32"
+    with pytest.raises(ModelError, match="or auto"):
+        resolve_dtype("fp8")
+
+
+def test_a_run_with_dtype_auto_records_what_it_chose(tmp_path, monkeypatch):
+    import json
+
+    import tokenrl.machine as machine
+    from tokenrl.config import load_config, parse_overrides
+    from tokenrl.run import train
+
+    monkeypatch.setattr(machine, "cpu_features", lambda: {"amx_bf16": True})
+    args = ["--model.name", "tiny", "--model.dtype", "auto", "--task.name", "mult:2x1",
+            "--task.eval_limit", "2", "--rollout.max_new_tokens", "4", "--rollout.prompts_per_step", "1",
+            "--rollout.group_size", "2", "--train.steps", "1", "--train.eval_every", "0",
+            "--log.progress", "false"]  # fmt: skip
+    train(load_config(None, parse_overrides(args)), tmp_path, on_event=lambda s: None)
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["dtype"] == "bf16"
+    assert "auto" in (tmp_path / "config.yaml").read_text()  # the config keeps what was asked

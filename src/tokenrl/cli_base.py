@@ -38,8 +38,9 @@ def add_model_args(p: argparse.ArgumentParser, *, adapter: bool = True) -> None:
     p.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "bf16"],
-        help="weights dtype (default: %(default)s)",
+        choices=["fp32", "bf16", "auto"],
+        help="weights dtype; auto: bf16 on a GPU with bf16 or a CPU with AMX, else fp32 "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--device",

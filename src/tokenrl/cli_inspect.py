@@ -146,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from tokenrl.evaluation import default_max_new_tokens, evaluate
-    from tokenrl.models import load_model
+    from tokenrl.models import dtype_name, load_model
     from tokenrl.tasks import get_task
 
     if args.samples < 1 or (args.limit is not None and args.limit < 1):
@@ -174,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     summary = {
         "model": args.model, "adapter": args.adapter, "split": args.split, "style": task.resolve_style(lm.tokenizer),
-        "max_new_tokens": max_new, "dtype": args.dtype, "task_options": options, **result.summary(),
+        "max_new_tokens": max_new, "dtype": dtype_name(lm.model.dtype), "task_options": options, **result.summary(),
         "machine": machine_info(lm.device.type),
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

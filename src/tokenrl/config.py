@@ -44,7 +44,8 @@ class ModelConfig:
     qwen2.5-coder-1.5b-instruct; `tokenrl models`), local folder or hub id."""
 
     dtype: str = "fp32"
-    """Weights dtype: fp32 (the paper's setting) or bf16."""
+    """Weights dtype: fp32 (the paper's setting), bf16, or auto (bf16 on a GPU with bf16 and on a
+    CPU with AMX, else fp32; the run records what it chose)."""
 
     device: str = "auto"
     """auto (cuda when present, else cpu), cpu, cuda, cuda:N."""
@@ -58,8 +59,8 @@ class ModelConfig:
     with AMX/AVX-512 bf16). Evaluation stays in the weights' dtype."""
 
     def validate(self) -> None:
-        if self.dtype not in ("fp32", "bf16"):
-            _fail(f"model.dtype={self.dtype!r} is unknown", "use fp32 or bf16")
+        if self.dtype not in ("fp32", "bf16", "auto"):
+            _fail(f"model.dtype={self.dtype!r} is unknown", "use fp32, bf16 or auto")
         if self.autocast not in AUTOCAST_DTYPES:
             _fail(
                 f"model.autocast={self.autocast!r} is unknown",

@@ -28,6 +28,7 @@ from tokenrl.guards import StopRequest, nonfinite_stop_message
 from tokenrl.heap import trim_heap
 from tokenrl.machine import machine_info
 from tokenrl.modelcard import write_model_card
+from tokenrl.models import dtype_name
 from tokenrl.runlock import LOCK_NAME, RunLock
 from tokenrl.runlog import (
     MetricsLogger,
@@ -167,6 +168,7 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
             "after": after.summary(),
             "algo": cfg.train.algo,
             "model": cfg.model.name,
+            "dtype": dtype_name(tr.lm.model.dtype),  # what model.dtype (auto included) chose
             "task": cfg.task.name,
             "steps": tr.step,
             "seed": cfg.train.seed,
