@@ -113,6 +113,24 @@ def test_chunked_entropy_equals_the_full_logits_entropy(shared):
     assert (got[~batch.completion_mask] == 0).all()
 
 
+def test_entropy_with_the_adapter_merged_equals_the_adapter_path():
+    from tokenrl.models import LoraSpec, apply_lora
+
+    base, tok = build_tiny("tiny")
+    model = apply_lora(base, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = _tiny_batch(model, tok, [6, 3, 5, 1])
+    plain = token_entropy(model, batch, temperature=0.7)
+    merged = token_entropy(model, batch, temperature=0.7, merge_lora=True)
+    assert torch.allclose(plain, merged, atol=1e-5, rtol=0)
+    with model.disable_adapter():  # the adapter does change the entropies
+        assert not torch.allclose(plain, token_entropy(model, batch, temperature=0.7), atol=1e-3)
+    assert torch.equal(plain, token_entropy(model, batch, temperature=0.7))  # weights restored
+
+
 # ---------------------------------------------------------------------------------------------
 # inclusion probabilities and Horvitz-Thompson weights
 

@@ -117,7 +117,12 @@ def prepare(
     seed, step, cfg = tr.cfg.train.seed, tr.step, tr.cfg.algo_config()
     spec = getattr(cfg, "selector_spec", None)
     if spec is not None and "entropy" in selector_needs(spec()[0]):  # only when a selector asks
-        batch.token_entropy = token_entropy(tr.model, batch, temperature=tr.cfg.rollout.temperature)
+        batch.token_entropy = token_entropy(
+            tr.model,
+            batch,
+            temperature=tr.cfg.rollout.temperature,
+            merge_lora=tr.cfg.rollout.merge_lora,  # the weights sampling ran with
+        )
         options = spec()[1]
         if options.get("per_batch"):  # TRL's cut: over every rank's real tokens, not one group
             (real,) = tr.dist.cat(batch.token_entropy[batch.completion_mask])
