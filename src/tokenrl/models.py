@@ -32,19 +32,18 @@ import torch
 from torch import nn
 
 from tokenrl import zoo
-from tokenrl.errors import ModelError
 
 # re-exported: callers import these from tokenrl.models
+from tokenrl.devices import DTYPES as DTYPES
+from tokenrl.devices import auto_dtype as auto_dtype
+from tokenrl.devices import dtype_name as dtype_name
+from tokenrl.devices import resolve_device as resolve_device
+from tokenrl.devices import resolve_dtype as resolve_dtype
+from tokenrl.errors import ModelError
 from tokenrl.zoo import SMOLLM2_NAME as SMOLLM2_NAME
 from tokenrl.zoo import cache_dir as cache_dir
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 @dataclass
@@ -100,45 +99,6 @@ class LoadedModel:
     spec: str
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# devices, dtypes, caches
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """torch.bfloat16 -> "bf16": the name configs use (what a run with ``auto`` records)."""
-    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def auto_dtype(device: torch.device) -> torch.dtype:
-    """The weights dtype that runs fastest here, from the device's features (``--dtype auto``):
-    bf16 on a GPU that supports it and on a CPU with AMX (Intel Xeon 4th generation and later:
-    bf16 products measured 5.9x the fp32 rate on the 2-core development machine); fp32
-    elsewhere, notably on AVX2-only CPUs, where bf16 is emulated and about 5x slower (CPUs with
-    AVX-512 bf16 but no AMX are untested here: they get fp32, choose bf16 yourself to try)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from tokenrl.machine import cpu_features
-
-    return torch.bfloat16 if cpu_features()["amx_bf16"] else torch.float32
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
-    """A dtype name (fp32, bf16, fp16, or auto: :func:`auto_dtype` of ``device``) -> torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return auto_dtype(device if device is not None else resolve_device("auto"))
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
-    return DTYPES[dtype]
 
 
 # ---------------------------------------------------------------------------------------------
