@@ -3,7 +3,12 @@
 # learning rates), sgrpo and tspmo on 3-digit x 1-digit or 2x2-digit multiplication, the task
 # chosen from the base-accuracy calibration (benchmarks/base_accuracy.py: pass@8 in 20-80%).
 #
-#   scripts/qwen_results.sh [TASK [SEED]]   (default TASK=multiplication:3x1, SEED=0)
+#   scripts/qwen_results.sh [TASK [SEED [SPECS]]]   (default TASK=multiplication:3x1, SEED=0)
+#   scripts/qwen_results.sh svamp 0 "grpo:1e-4 sgrpo:1e-4 tspmo:1e-4"   # configs/qwen0.5b/svamp_*.yaml
+#
+# SPECS: the ALGO:LR runs (default "grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4"). SVAMP runs are
+# about 50 minutes each alone on 2 cores (the configs' calibration): three at once take about 2.5
+# hours, so plan one seed of three methods a session.
 #
 # The four runs train at once, one thread each (how they were measured on a 2-core machine), into
 # runs/qwen/<NAME>; a finished run is skipped, a killed one resumes. Afterwards `tokenrl compare`
@@ -18,15 +23,17 @@ SEED=${2:-0}
 SHORT=$(echo "$TASK" | sed 's/multiplication:/mult-/')
 mkdir -p runs/qwen
 names=()
-for spec in grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4; do
+SPECS=${3:-grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4}
+for spec in $SPECS; do
   algo=${spec%%:*}; lr=${spec##*:}
   name=qwen0.5b-$SHORT-$algo-lr$lr-s$SEED
   names+=("$name")
   out=runs/qwen/$name
   if [ -f "$out/adapter/adapter_config.json" ]; then continue; fi
   if [ -d "$out" ]; then args=(--resume "$out"); else
-    args=(configs/qwen0.5b/multiplication_$algo.yaml --task.name "$TASK" --optim.lr "$lr"
-          --train.seed "$SEED" --log.progress false --out "$out"); fi
+    if [ "$TASK" = svamp ]; then config=(configs/qwen0.5b/svamp_$algo.yaml); else
+      config=(configs/qwen0.5b/multiplication_$algo.yaml --task.name "$TASK"); fi
+    args=("${config[@]}" --optim.lr "$lr" --train.seed "$SEED" --log.progress false --out "$out"); fi
   .venv/bin/tokenrl train "${args[@]}" --threads 1 > "runs/qwen/$name.log" 2>&1 &
 done
 wait
