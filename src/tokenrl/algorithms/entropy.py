@@ -9,7 +9,7 @@ the group's rows: :func:`tokenrl.algorithms.logprobs.shared_prompt_states`), and
 head to ``chunk_size`` positions at a time, so at most [chunk_size, V] logits exist at once,
 never [B, T, V]; the gradient pass then runs the LM head only at the selected positions.
 The shared prompt pass gives the same entropies up to float rounding (fp32: 1e-6 in the tests;
-bf16: up to 0.08 nats on Qwen2.5-Coder-0.5B, mean 1.0) and is 3.5x faster there (64 rows of
+bf16: up to 0.08 nats on Qwen2.5-Coder-0.5B, mean 1.0) and is 3-4x faster there (64 rows of
 3x1 multiplication, 8 prompts of about 50 tokens, about 6 completion tokens).
 
 Shape legend: B = rows, P = padded prompt length, T = padded completion length, V = vocabulary.
