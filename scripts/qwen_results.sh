@@ -5,6 +5,7 @@
 #
 #   scripts/qwen_results.sh [TASK [SEED [SPECS]]]   (default TASK=multiplication:3x1, SEED=0)
 #   scripts/qwen_results.sh svamp 0 "grpo:1e-4 sgrpo:1e-4 tspmo:1e-4"   # configs/qwen0.5b/svamp_*.yaml
+#   MODEL=1.5b scripts/qwen_results.sh multiplication:2x2 0 "grpo:1e-4 sgrpo:1e-4 tspmo:1e-4"
 #
 # SPECS: the ALGO:LR runs (default "grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4"). SVAMP runs are
 # about 50 minutes each alone on 2 cores (the configs' calibration): three at once take about 2.5
@@ -20,24 +21,25 @@ scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 TASK=${1:-multiplication:3x1}
 SEED=${2:-0}
+MODEL=${MODEL:-0.5b}  # configs/qwen$MODEL/
 SHORT=$(echo "$TASK" | sed 's/multiplication:/mult-/')
 mkdir -p runs/qwen
 names=()
 SPECS=${3:-grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4}
 for spec in $SPECS; do
   algo=${spec%%:*}; lr=${spec##*:}
-  name=qwen0.5b-$SHORT-$algo-lr$lr-s$SEED
+  name=qwen$MODEL-$SHORT-$algo-lr$lr-s$SEED
   names+=("$name")
   out=runs/qwen/$name
   if [ -f "$out/adapter/adapter_config.json" ]; then continue; fi
   if [ -d "$out" ]; then args=(--resume "$out"); else
-    if [ "$TASK" = svamp ]; then config=(configs/qwen0.5b/svamp_$algo.yaml); else
-      config=(configs/qwen0.5b/multiplication_$algo.yaml --task.name "$TASK"); fi
+    if [ "$TASK" = svamp ]; then config=(configs/qwen$MODEL/svamp_$algo.yaml); else
+      config=(configs/qwen$MODEL/multiplication_$algo.yaml --task.name "$TASK"); fi
     args=("${config[@]}" --optim.lr "$lr" --train.seed "$SEED" --log.progress false --out "$out"); fi
   .venv/bin/tokenrl train "${args[@]}" --threads 1 > "runs/qwen/$name.log" 2>&1 &
 done
 wait
-.venv/bin/tokenrl compare "${names[@]/#/runs/qwen/}" --out "runs/qwen/$SHORT-s$SEED"
+.venv/bin/tokenrl compare "${names[@]/#/runs/qwen/}" --out "runs/qwen/$MODEL-$SHORT-s$SEED"
 for name in "${names[@]}"; do
   mkdir -p "docs/results/$name"
   cp "runs/qwen/$name/"{eval.json,config.yaml,metrics.jsonl} "docs/results/$name/"
