@@ -5,7 +5,7 @@ z = logits / temperature (the distribution the token was sampled from, before to
 ``top_entropy_quantile`` uses the same). :func:`token_entropy` runs the body once under
 ``no_grad``, the way the update runs it (columns after the last completion token and leading
 all-padding columns cut; each distinct prompt of a group encoded once, its KV cache shared by
-the group's rows: :func:`tokenrl.algorithms.logprobs.shared_prompt_states`), and applies the LM
+the group's rows: :func:`tokenrl.algorithms.logprobs.hidden_before_targets`), and applies the LM
 head to ``chunk_size`` positions at a time, so at most [chunk_size, V] logits exist at once,
 never [B, T, V]; the gradient pass then runs the LM head only at the selected positions.
 The shared prompt pass gives the same entropies up to float rounding (fp32: 1e-6 in the tests;
@@ -22,9 +22,9 @@ import contextlib
 import torch
 from torch import nn
 
-from tokenrl.algorithms.logprobs import shared_prompt_states
+from tokenrl.algorithms.logprobs import hidden_before_targets
 from tokenrl.models import decoder_and_head, lora_merged
-from tokenrl.rollout import RolloutBatch, mask_position_ids
+from tokenrl.rollout import RolloutBatch
 
 
 def batch_entropy_threshold(entropies: torch.Tensor, q: float) -> float:
@@ -81,18 +81,8 @@ def _entropy(
     end = P + int(t.max()) + 1  # later columns cannot change earlier states (causal attention)
     start = int(attn[:, :end].any(dim=0).long().argmax())  # the first column holding a token
     ids, attn = batch.input_ids[:, start:end], attn[:, start:end]  # [B, L']
-    states = shared_prompt_states(body, ids, attn, P - start) if P > start else None
-    if states is not None:  # [B, 1 + L' - (P - start), H]: column c is position P - 1 + c
-        hidden = states[r, t]  # [n, H]: the state before completion token t predicts it
-    else:  # no two rows share a prompt: every row whole
-        states = body(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=mask_position_ids(attn),
-            use_cache=False,
-        ).last_hidden_state  # [B, L', H]
-        hidden = states[r, P - start + t - 1]  # [n, H]
-    del states
+    split = P - start  # the prompt's width after the cut; completion token t is column split + t
+    hidden = hidden_before_targets(body, ids, attn, r, split + t, split)  # [n, H]
     for i in range(0, hidden.shape[0], chunk_size):
         part = slice(i, i + chunk_size)
         out[r[part], t[part]] = entropy_of_logits(head(hidden[part]), temperature)  # [chunk]

@@ -181,6 +181,33 @@ def shared_prompt_states(
     return torch.cat([last_prompt, completion], dim=1)
 
 
+def hidden_before_targets(
+    body: nn.Module,
+    ids: torch.Tensor,
+    attn: torch.Tensor,
+    r: torch.Tensor,
+    t: torch.Tensor,
+    split: int,
+) -> torch.Tensor:
+    """The body's hidden state at position t - 1 (the one that predicts token t) for each target
+    (r, t) of ``ids`` / ``attn`` [b, L'] -> [n, H].
+
+    ``split`` > 0: columns [:split] are a prompt that rows may share; when every target lies after
+    it (and the body does not recompute layers in backward), each distinct prompt runs once
+    (:func:`shared_prompt_states`). Otherwise every row runs whole. Only the [n, H] rows are
+    returned, so the full [b, L', H] states need not outlive the call (autograd keeps what the
+    backward pass needs)."""
+    states = None
+    if 0 < split < ids.shape[1] and bool((t >= split).all()) and not _checkpointing(body):
+        states = shared_prompt_states(body, ids, attn, split)  # [b, 1 + L' - split, H]
+    if states is not None:
+        return states[r, t - split]  # column 0 of the shared states is position split - 1
+    states = body(
+        input_ids=ids, attention_mask=attn, position_ids=mask_position_ids(attn), use_cache=False
+    ).last_hidden_state  # [b, L', H]
+    return states[r, t - 1]
+
+
 def selective_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -220,21 +247,7 @@ def selective_logprobs(
     body, head = decoder_and_head(model)
     r, t = target.nonzero(as_tuple=True)  # [n], [n]
     tokens = ids[r, t]  # [n]
-    split = prompt_len - start  # the prompt's width after the cut
-    states = None
-    if 0 < split < ids.shape[1] and not bool(target[:, :split].any()) and not _checkpointing(body):
-        states = shared_prompt_states(body, ids, attn, split)  # [b, 1 + L' - split, H]
-    offset = split  # column 0 of the shared states is position split - 1
-    if states is None:
-        states = body(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=mask_position_ids(attn),
-            use_cache=False,
-        ).last_hidden_state  # [b, L', H]
-        offset = 1
-    h = states[r, t - offset]  # [n, H]: the state at position t - 1 predicts token t
-    del states  # the body's activations stay alive through autograd, the full tensor need not
+    h = hidden_before_targets(body, ids, attn, r, t, prompt_len - start)  # [n, H]
 
     logp = head_logprobs(head, h, tokens, chunk_size=chunk_size)  # [n]
     return out.index_put((rows[r], t + start), logp)
