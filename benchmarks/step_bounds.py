@@ -220,10 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             m = train_step(tr)
             log.phase = "other"
         log.close()
-        prompts, group = (
-            cfg.rollout.prompts_per_step,
-            cfg.rollout.group_size,
-        )  # --set may change them
+        # the shape that ran: --set may have changed SHAPES' prompts and group
+        prompts, group = cfg.rollout.prompts_per_step, cfg.rollout.group_size
         n_comp = prompts * group * (args.max_new_tokens or new_tokens)
         targets = m.get("tokens/update_frac", 1.0) * n_comp
         g_bound = generation_bound(log.calls["generate"], costs, flops, bw)

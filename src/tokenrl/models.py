@@ -186,8 +186,9 @@ def load_base(spec: str, *, dtype: str | torch.dtype = "fp32", device: str = "au
         model, tok = build_tiny(spec, torch_dtype)
         info["source"] = "built locally"
     elif spec.startswith("random:"):
-        model, tok = build_random(spec.removeprefix("random:"), torch_dtype, dev)
-        info["source"] = f"random weights (seed 0), architecture and tokenizer of {spec[7:]}"
+        source = spec.removeprefix("random:")
+        model, tok = build_random(source, torch_dtype, dev)
+        info["source"] = f"random weights (seed 0), architecture and tokenizer of {source}"
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

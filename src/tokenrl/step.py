@@ -21,7 +21,7 @@ from tokenrl.algorithms.advantages import settled_groups
 from tokenrl.algorithms.entropy import batch_entropy_threshold, token_entropy
 from tokenrl.algorithms.losses import LossInputs, aggregation_denominator, rescale_coefficients
 from tokenrl.algorithms.replay import rollout_items
-from tokenrl.algorithms.selectors import selector_needs
+from tokenrl.algorithms.selectors import ENTROPY_Q, selector_needs
 from tokenrl.rewards import Scores
 from tokenrl.rollout import RolloutBatch, derive_seed, select_rows
 from tokenrl.runlog import peak_rss_mb, write_samples
@@ -116,17 +116,17 @@ def prepare(
     the loss coefficients scaled to the whole batch when this rank holds part of it."""
     seed, step, cfg = tr.cfg.train.seed, tr.step, tr.cfg.algo_config()
     spec = getattr(cfg, "selector_spec", None)
-    if spec is not None and "entropy" in selector_needs(spec()[0]):  # only when a selector asks
+    name, options = spec() if spec is not None else (None, {})
+    if name is not None and "entropy" in selector_needs(name):  # only when a selector asks
         batch.token_entropy = token_entropy(
             tr.model,
             batch,
             temperature=tr.cfg.rollout.temperature,
             merge_lora=tr.cfg.rollout.merge_lora,  # the weights sampling ran with
         )
-        options = spec()[1]
         if options.get("per_batch"):  # TRL's cut: over every rank's real tokens, not one group
             (real,) = tr.dist.cat(batch.token_entropy[batch.completion_mask])
-            batch.entropy_threshold = batch_entropy_threshold(real, options.get("q", 0.2))
+            batch.entropy_threshold = batch_entropy_threshold(real, options.get("q", ENTROPY_Q))
     generators = [
         torch.Generator().manual_seed(derive_seed(seed, step, "select", i))
         for i in prompts.global_index

@@ -152,9 +152,12 @@ sgrpo_select = selector(inclusion=sgrpo_inclusion, check=_check_sgrpo)(sgrpo_sel
 # the field's selectors beside S-GRPO
 
 
+ENTROPY_Q = 0.2  # the entropy selector's default top fraction (the paper's 20%)
+
+
 def _check_entropy(options: dict[str, Any]) -> None:
     _options(("q", "per_sequence", "per_batch"))(options)
-    _in_unit("q", options.get("q", 0.2))
+    _in_unit("q", options.get("q", ENTROPY_Q))
     for flag in ("per_sequence", "per_batch"):
         if not isinstance(options.get(flag, False), bool):
             raise ValueError(f"{flag}={options[flag]!r} must be true or false")
@@ -168,7 +171,7 @@ def entropy_select(
     generator: torch.Generator | None = None,
     *,
     entropy: torch.Tensor,
-    q: float = 0.2,
+    q: float = ENTROPY_Q,
     per_sequence: bool = False,
     per_batch: bool = False,
     threshold: float | None = None,
