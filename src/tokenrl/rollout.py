@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tokenrl.keyed import KeyedSampler, derive_seed  # noqa: F401 (derive_seed: re-exported)
+from tokenrl.kvcache import growing_cache
 
 
 @dataclass
@@ -348,8 +349,9 @@ def _generate_shared(
         eos if isinstance(eos, list) else [] if eos is None else [eos], device=ids.device
     )
     stop = StopStringCriteria(tokenizer, list(sampling.stop)) if sampling.stop else None
+    cache = growing_cache(model, P + sampling.max_new_tokens)  # None: the model's own
     logits, cache = _last_logits(
-        model, input_ids=ids, attention_mask=mask, position_ids=mask_position_ids(mask)
+        model, input_ids=ids, attention_mask=mask, position_ids=mask_position_ids(mask), cache=cache
     )
     prefix_mask = mask  # [U, P + t] attention mask of each distinct prefix
     of_row = torch.arange(n, device=ids.device).repeat_interleave(
@@ -357,23 +359,30 @@ def _generate_shared(
     )  # [B] each row's distinct prefix
     rows = ids.repeat_interleave(G, 0)  # [B, P + t] every row's tokens so far
     running = torch.ones(n * G, dtype=torch.bool, device=ids.device)
+    sampler = next((p for p in processors if isinstance(p, KeyedSampler)), None)
+    warpers = [p for p in processors if p is not sampler]  # temperature, top-p: row by row
     for t in range(sampling.max_new_tokens):
-        scores = logits[of_row]  # [B, V]
-        for processor in processors:
-            scores = processor(rows, scores)
-        token = torch.where(running, scores.argmax(-1), torch.full_like(of_row, pad_id))
+        for warper in warpers:  # on each distinct prefix's logits [U, V], not each row's
+            logits = warper(None, logits)
+        pick = logits.argmax(-1)[of_row] if sampler is None else sampler.sample(logits, of_row)
+        token = torch.where(running, pick, torch.full_like(of_row, pad_id))
         rows = torch.cat([rows, token[:, None]], 1)
         running &= ~torch.isin(token, eos)
         if stop is not None:
-            running &= ~stop(rows, scores)
+            running &= ~stop(rows, None)
         if t == sampling.max_new_tokens - 1 or not running.any():
             break
         # the distinct prefixes of the rows still running: (parent prefix, new token)
         V = logits.shape[-1]
         keys, inverse = torch.unique(of_row[running] * V + token[running], return_inverse=True)
         parent, new_token = keys // V, keys % V
-        cache.batch_select_indices(parent)
-        prefix_mask = torch.cat([prefix_mask[parent], prefix_mask.new_ones(len(keys), 1)], 1)
+        if (
+            len(parent) != len(prefix_mask)
+            or (parent != torch.arange(len(parent), device=parent.device)).any()
+        ):
+            cache.batch_select_indices(parent)  # prefixes parted or finished: copy their rows
+            prefix_mask = prefix_mask[parent]
+        prefix_mask = torch.cat([prefix_mask, prefix_mask.new_ones(len(keys), 1)], 1)
         logits, cache = _last_logits(model, input_ids=new_token[:, None], attention_mask=prefix_mask,
                                      position_ids=mask_position_ids(prefix_mask)[:, -1:], cache=cache)  # fmt: skip
         of_row = torch.zeros_like(of_row).masked_scatter(
