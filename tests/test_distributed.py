@@ -207,7 +207,7 @@ def test_keyed_sampling_ignores_the_batch_around_it(tiny):
 
 
 def test_keyed_sampling_follows_the_model_distribution():
-    """Gumbel-max with per-row generators samples softmax(scores): frequencies over many rows."""
+    """Per-row generators sample softmax(scores): frequencies over many rows."""
     from tokenrl.rollout import KeyedSampler
 
     scores = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(4000, 1)  # [4000, 4]
