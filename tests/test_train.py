@@ -316,3 +316,26 @@ def test_shared_prompt_gives_the_same_update(tmp_path):
     # on an AMD EPYC, under 1e-5 on an Intel Xeon (entries up to ~0.09; one AdamW step moves them 1e-3)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=5e-5), k
+
+
+def test_compare_lists_accuracy_by_problem_type(tmp_path):
+    """Per-type accuracies (SVAMP's Type) from each run's eval.json, before -> after."""
+    from tokenrl.compare import by_type_table
+
+    def ev(acc_sub, acc_mul, n=(4, 2)):
+        return {"accuracy": 0.5, "ci95": [0.2, 0.8], "n": sum(n), "by_type": {
+            "Subtraction": {"n": n[0], "accuracy": acc_sub},
+            "Multiplication": {"n": n[1], "accuracy": acc_mul}}}  # fmt: skip
+
+    run = tmp_path / "sgrpo"
+    run.mkdir()
+    (run / "eval.json").write_text(
+        json.dumps({"algo": "sgrpo", "before": ev(0.25, 0.5), "after": ev(0.75, 1.0)})
+    )
+    table = by_type_table([run])
+    assert table.splitlines()[0] == "| run | Multiplication | Subtraction |"
+    assert table.splitlines()[2] == "| sgrpo | 50.0 -> 100.0 (n 2) | 25.0 -> 75.0 (n 4) |"
+    plain = tmp_path / "mult"
+    plain.mkdir()
+    (plain / "eval.json").write_text(json.dumps({"algo": "grpo", "after": {"accuracy": 0.5}}))
+    assert by_type_table([plain]) == ""

@@ -64,12 +64,41 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def by_type_table(runs: list[Path]) -> str:
+    """Accuracy per problem type (SVAMP's ``Type``) before -> after, one row per run; "" when
+    the runs' evaluations carry no types."""
+    evals = {run.name: load_run(run) for run in runs}
+    types = sorted({t for s in evals.values() for t in s["after"].get("by_type") or {}})
+    if not types:
+        return ""
+    lines = [
+        "| run | " + " | ".join(types) + " |",
+        "|---|" + "---|" * len(types),
+    ]
+    for name, s in evals.items():
+        before = (s.get("before") or {}).get("by_type") or {}
+        cells = []
+        for t in types:
+            after = s["after"]["by_type"].get(t)
+            was = before.get(t)
+            cells.append(
+                "-" if after is None
+                else f"{_pct(was and was['accuracy'])} -> {_pct(after['accuracy'])} (n {after['n']})"
+            )  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_runs(runs: list[Path], out: Path | None = None) -> str:
-    """Write compare.md and compare.png for ``runs``; return the markdown table."""
+    """Write compare.md and compare.png for ``runs``; return the markdown table (with the
+    accuracy per problem type below it when the evaluations have types)."""
     rows = compare_rows(runs)
     out = out or runs[0].parent
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
+    per_type = by_type_table(runs)
+    if per_type:
+        table += "\n\nAccuracy % by problem type, before -> after:\n\n" + per_type
     (out / "compare.md").write_text(table + "\n")
     plot_runs(
         {r.name: read_jsonl(r / "metrics.jsonl") for r in runs},
