@@ -144,6 +144,28 @@ def test_lora_on_a_subset_of_layers():
     assert len(names) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
 
 
+def backward_layers(model, ids: torch.Tensor) -> list[int]:
+    """The decoder layers whose MLP a backward pass of ``model`` on ``ids`` ran through; checks
+    that every adapter B matrix got a gradient."""
+    ran: list[int] = []
+    for name, module in model.named_modules():
+        if name.endswith("mlp.down_proj.base_layer") or name.endswith("mlp.down_proj"):
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            module.register_full_backward_hook(lambda m, gi, go, i=layer: ran.append(i))
+    model(ids).logits.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # B starts at 0
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    return sorted(set(ran))
+
+
+def test_backward_stops_at_the_lowest_adapted_layer():
+    """With the adapter on layers 2-3 of 4, the backward pass never runs layers 0-1 (issue #23:
+    the saving of LoRA on a subset of layers is real, not only fewer adapter weights); with
+    gradient checkpointing too: tests/test_train.py."""
+    lm = load_model("tiny:layers=4", lora=LoraSpec(r=2, layers=(2, 3)))
+    assert backward_layers(lm.model, torch.tensor([[5, 17, 99, 3]])) == [2, 3]
+
+
 def test_disabled_adapter_is_the_base_model():
     base = load_model("tiny").model
     lm = load_model("tiny", lora=LoraSpec(r=4))

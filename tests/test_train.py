@@ -276,6 +276,19 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_gradient_checkpointing_keeps_the_backward_above_the_adapter(tmp_path):
+    """transformers' checkpointing makes the embeddings require grad; the trainer undoes it (its
+    non-reentrant checkpoints do not need it), so layers below the adapter get no backward."""
+    from test_models import backward_layers
+
+    from tokenrl.trainer import build_trainer
+
+    cfg = quick_config("--model.name", "tiny:layers=4", "--lora.layers", "[2, 3]",
+                       "--model.gradient_checkpointing", "true")  # fmt: skip
+    tr = build_trainer(cfg, tmp_path)
+    assert backward_layers(tr.model, torch.tensor([[5, 17, 99, 3]])) == [2, 3]
+
+
 def test_autocast_runs_sampling_and_the_update_in_bf16(tmp_path, monkeypatch):
     import torch.nn.functional as F
 

@@ -147,7 +147,9 @@ def build_trainer(
         lm.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-        lm.model.enable_input_require_grads()
+        # transformers makes the embeddings' output require grad, which only reentrant
+        # checkpoints need; it would run the backward through every layer below the adapter
+        lm.model.disable_input_require_grads()
     task = task.resolved(lm.tokenizer)
     params = [p for p in lm.model.parameters() if p.requires_grad]
     dist.broadcast_params(params)  # the seeded adapters already agree; this makes sure of it
