@@ -226,7 +226,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         targets = m.get("tokens/update_frac", 1.0) * n_comp
         g_bound = generation_bound(log.calls["generate"], costs, flops, bw)
         u_bound = update_bound(log.calls["update"], targets, costs, flops, bw)
-        gen_tokens = m["completion/mean_tokens"] * prompts * group
+        # every row decodes every step (EOS ignored); the completion mask would stop counting
+        # at the first end-of-turn token, which the sampler may draw and go past
+        gen_tokens = n_comp
         gen_s, upd_s, step_s = m["time/generate"], m["time/update"], m["time/step"]
         rows.append({
             "algo": algo, "step_s": step_s, "generate_s": gen_s, "update_s": upd_s,

@@ -272,6 +272,9 @@ def test_bench_step_reports_each_phase_against_the_machines_bounds(capsys):
     (row,) = report["algorithms"]
     assert row["algo"] == "grpo" and row["step_s"] > 0 and 0 < row["decode_of_bound"]
     assert {"decode_of_bound", "update_of_bound", "step_of_bound"} <= set(row)
+    shape = report["shape"]  # every row decodes every step: rows x new tokens generated
+    decoded = row["generate_tokens_per_s"] * row["generate_s"]
+    assert decoded == pytest.approx(shape["prompts"] * shape["group"] * shape["new_tokens"])
 
 
 def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, tmp_path):
