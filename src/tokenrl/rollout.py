@@ -376,10 +376,7 @@ def _generate_shared(
         V = logits.shape[-1]
         keys, inverse = torch.unique(of_row[running] * V + token[running], return_inverse=True)
         parent, new_token = keys // V, keys % V
-        if (
-            len(parent) != len(prefix_mask)
-            or (parent != torch.arange(len(parent), device=parent.device)).any()
-        ):
+        if not torch.equal(parent, torch.arange(len(prefix_mask), device=parent.device)):
             cache.batch_select_indices(parent)  # prefixes parted or finished: copy their rows
             prefix_mask = prefix_mask[parent]
         prefix_mask = torch.cat([prefix_mask, prefix_mask.new_ones(len(keys), 1)], 1)
