@@ -10,7 +10,13 @@ sampling as the trainer does it (one seed per group), alternating the two paths 
 ``--repeats`` after a warm-up. Reports the median seconds of each, the speed-up, whether both
 sampled the same tokens, and how many prefix rows the decode steps ran against ``generate``'s
 rows x steps. A random-weight model's rows part at their first token, so pass a trained one
-(the defaults are the quickstart's shapes: 128 prompts x 4, 5 new tokens).
+(the defaults are the quickstart's shapes: 128 prompts x 4, 5 new tokens). ``--greedy
+--group-size 1 --split test`` times evaluation's decoding instead (the shared path's gain there:
+the KV cache written in place, and rows that have ended leave the batch):
+
+    python benchmarks/shared_decode.py --model qwen2.5-coder-0.5b-instruct --dtype bf16 \
+        --task svamp --style chat --split test --prompts 64 --group-size 1 --greedy \
+        --max-new-tokens 256 --repeats 2 --threads 2
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=5)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding (evaluation's mode)")
+    ap.add_argument("--split", default="train", help="the task split the prompts come from")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -70,9 +78,9 @@ def main() -> None:
     lm = load_model(args.model, dtype=args.dtype)
     tok = lm.tokenizer
     task = get_task(args.task, style=args.style).resolved(tok)
-    examples = task.examples("train")[: args.prompts]
+    examples = task.examples(args.split)[: args.prompts]
     prompts = [task.render_prompt(e, tok) for e in examples]
-    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, greedy=args.greedy,
                          stop=tuple(task.stop_strings(tok)), batch_size=args.prompts * args.group_size)  # fmt: skip
     paths = {"shared": cfg, "generate": dataclasses.replace(cfg, shared_decode=False)}
     times: dict[str, list[float]] = {name: [] for name in paths}
@@ -87,7 +95,8 @@ def main() -> None:
     shared, plain = batches["shared"], batches["generate"]
     result = {
         "model": args.model, "dtype": args.dtype, "task": args.task, "prompts": len(prompts), "G": args.group_size,
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "greedy": args.greedy,
+        "split": args.split, "threads": args.threads,
         "machine": f"{cpu_model()}, {os.cpu_count()} cpus", "torch": torch.__version__,
         "same_tokens": torch.equal(shared.completion_ids, plain.completion_ids),
         "decode_rows_shared": decode_rows(shared),

@@ -174,6 +174,37 @@ def test_shared_decode_stops_at_eos_like_generate(tiny):
     assert shared.completion_mask[0].sum().item() == i + 1 and not shared.truncated[0]
 
 
+def test_greedy_evaluation_rows_decode_like_generate_and_leave_the_batch_when_they_end(tiny):
+    """Evaluation (G = 1, greedy) takes the shared decode too: the same tokens as ``generate``, and
+    a row that has ended is no longer run."""
+    model, tok = tiny
+    cfg = SamplingConfig(max_new_tokens=12, greedy=True)
+    rows = generate_rollouts(model, tok, LONGER, _plain(cfg)).completion_ids.tolist()
+    first = {t: [r.index(t) if t in r else None for r in rows] for r in rows for t in r}
+    # as EOS, a token that ends some rows (one before its last two steps) and not others
+    eos = next(
+        t for t, at in first.items() if None in at and min(a for a in at if a is not None) < 10
+    )
+    model.generation_config.eos_token_id = eos
+    rows_run: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda m, inp, out: rows_run.append(out.shape[0])
+    )
+    try:
+        shared = generate_rollouts(model, tok, LONGER, cfg)
+    finally:
+        hook.remove()
+    plain = generate_rollouts(model, tok, LONGER, _plain(cfg))
+    assert torch.equal(shared.completion_ids, plain.completion_ids)
+    assert torch.equal(shared.completion_mask, plain.completion_mask)
+    assert shared.texts == plain.texts and torch.equal(shared.truncated, plain.truncated)
+    length = shared.completion_mask.sum(1).tolist()
+    assert [n < 12 for n in length] == [a is not None for a in first[eos]]
+    # the prompts, then one row per row still running after t tokens
+    assert rows_run == [4] + [sum(n > t for n in length) for t in range(1, len(rows_run))]
+    assert min(rows_run) < 4
+
+
 def test_shared_decode_runs_each_distinct_prefix_once(tiny):
     model, tok = tiny
     rows_run: list[int] = []
@@ -208,25 +239,19 @@ def test_shared_decode_runs_each_distinct_prefix_once(tiny):
     assert rows_run == [4] + distinct
 
 
-def test_shared_decode_benchmark_times_both_paths_on_the_same_tokens():
+@pytest.mark.parametrize(
+    "G,mode", [(4, ["--temperature", "0.05"]), (1, ["--greedy", "--split", "test"])]
+)  # the trainer's sampling; evaluation's decoding
+def test_shared_decode_benchmark_times_both_paths_on_the_same_tokens(G, mode):
     script = Path(__file__).parent.parent / "benchmarks" / "shared_decode.py"
-    args = [
-        "--prompts",
-        "3",
-        "--group-size",
-        "4",
-        "--max-new-tokens",
-        "4",
-        "--repeats",
-        "1",
-        "--temperature",
-        "0.05",
-    ]
+    args = ["--prompts", "3", "--group-size", str(G), "--max-new-tokens", "4", "--repeats", "1"]
+    args += mode
     done = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["same_tokens"] is True and out["prompts"] == 3 and out["G"] == 4
+    assert out["same_tokens"] is True and out["prompts"] == 3 and out["G"] == G
+    assert out["greedy"] is ("--greedy" in mode)
     assert out["speedup"] == pytest.approx(out["generate_median_s"] / out["shared_median_s"])
-    assert 0 < out["decode_rows_shared"] <= out["decode_rows_generate"] == 3 * 4 * 3
+    assert 0 < out["decode_rows_shared"] <= out["decode_rows_generate"] == 3 * G * 3

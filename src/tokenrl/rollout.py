@@ -244,10 +244,10 @@ def _generate_chunk(
         sample_kwargs = _keyed_kwargs(sampling, seeds, G, device)
     if (
         sampling.shared_decode
-        and G > 1
         and (sampling.greedy or seeds is not None)
         and not _extra_processors(model)
     ):
+        # also for G == 1 (greedy evaluation): the in-place KV cache, and ended rows leave the batch
         processors = sample_kwargs.get("logits_processor", [])
         return _generate_shared(model, tokenizer, ids, mask, G, processors, sampling, pad_id)
     kwargs = dict(
