@@ -352,3 +352,31 @@ def test_compare_lists_accuracy_by_problem_type(tmp_path):
     plain.mkdir()
     (plain / "eval.json").write_text(json.dumps({"algo": "grpo", "after": {"accuracy": 0.5}}))
     assert by_type_table([plain]) == ""
+
+
+def test_compare_averages_the_seeds_of_one_experiment(tmp_path):
+    """Runs whose configs differ only in train.seed form one row: mean and each seed's value."""
+    from tokenrl.compare import seed_groups, seed_mean_table
+
+    def run(name, seed, lr, after, frac, rss):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = {"optim": {"lr": lr}, "train": {"algo": "grpo", "seed": seed, "steps": 3}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        ev = {"algo": "grpo", "seed": seed, "tokens_update_frac": frac, "peak_rss_mb": rss,
+              "gain_points": 100 * (after - 0.4),
+              "before": {"accuracy": 0.4, "ci95": [0.3, 0.5], "n": 20},
+              "after": {"accuracy": after, "ci95": [0.3, 0.7], "n": 20}}  # fmt: skip
+        (folder / "eval.json").write_text(json.dumps(ev))
+        return folder
+
+    a = run("x-grpo-s0", 0, 1e-4, 0.50, 0.25, 300.0)
+    other = run("x-grpo-lr-s0", 0, 1e-5, 0.45, 1.0, 100.0)
+    b = run("x-grpo-s1", 1, 1e-4, 0.60, 0.75, 200.0)
+    assert seed_groups([a, other, b]) == [[a, b], [other]]
+    lines = seed_mean_table([a, other, b]).splitlines()
+    assert len(lines) == 3  # header, rule, one experiment with two seeds
+    assert lines[2] == (
+        "| x-grpo | grpo | 0, 1 | 40.0 | 55.0 (50.0, 60.0) | +15.0 (+10.0, +20.0) | 50.0 | 300 |"
+    )
+    assert seed_mean_table([a, other]) == ""

@@ -129,7 +129,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("compare", "side-by-side table and plot of several runs")(_compare_args)
+@command("compare", "side-by-side table and plot of runs, seeds averaged")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokenrl.compare import compare_runs
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tokenrl.errors import RunError
 from tokenrl.report import plot_runs
@@ -89,13 +93,70 @@ def by_type_table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def seed_groups(runs: list[Path]) -> list[list[Path]]:
+    """``runs`` grouped by their ``config.yaml`` with ``train.seed`` left out (the same experiment
+    at other seeds), in the order first seen; a run without a config is a group of its own."""
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        path = run / "config.yaml"
+        if not path.exists():
+            groups[f"no config: {run}"] = [run]
+            continue
+        cfg = yaml.safe_load(path.read_text()) or {}
+        (cfg.get("train") or {}).pop("seed", None)
+        groups.setdefault(json.dumps(cfg, sort_keys=True, default=str), []).append(run)
+    return list(groups.values())
+
+
+def _group_name(runs: list[Path], algo: str) -> str:
+    """The runs' common name without a trailing seed marker ("-s", "_seed"), else ``algo``."""
+    prefix = os.path.commonprefix([r.name for r in runs])
+    return re.sub(r"([-_]+(seed|s))?[-_]*$", "", prefix) or algo
+
+
+def seed_mean_table(runs: list[Path]) -> str:
+    """One row per group of :func:`seed_groups` with two runs or more: the mean accuracy after
+    and change over its seeds, each seed's in brackets; "" when no experiment has two seeds."""
+    groups = [g for g in seed_groups(runs) if len(g) > 1]
+    if not groups:
+        return ""
+    lines = [
+        "| runs | algo | seeds | base acc % | acc after %: mean (each seed) "
+        "| change (points): mean (each seed) | tokens in loss % (mean) | peak memory MB (most) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        rows = compare_rows(group)
+        seeds = [load_run(r).get("seed", "?") for r in group]
+        acc = [100 * r["accuracy"] for r in rows]
+        gains = [r["gain_points"] for r in rows]
+        base = sorted({_pct(r["base_accuracy"]) for r in rows})
+        fracs = [r["tokens_update_frac"] for r in rows if r["tokens_update_frac"] is not None]
+        gain_cell = (
+            "-" if None in gains
+            else f"{sum(gains) / len(gains):+.1f} ({', '.join(f'{g:+.1f}' for g in gains)})"
+        )  # fmt: skip
+        lines.append(
+            f"| {_group_name(group, rows[0]['algo'])} | {rows[0]['algo']} "
+            f"| {', '.join(str(s) for s in seeds)} | {' / '.join(base)} "
+            f"| {sum(acc) / len(acc):.1f} ({', '.join(f'{a:.1f}' for a in acc)}) | {gain_cell} "
+            f"| {_pct(sum(fracs) / len(fracs) if fracs else None)} "
+            f"| {max(r['peak_rss_mb'] or 0 for r in rows):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def compare_runs(runs: list[Path], out: Path | None = None) -> str:
-    """Write compare.md and compare.png for ``runs``; return the markdown table (with the
-    accuracy per problem type below it when the evaluations have types)."""
+    """Write compare.md and compare.png for ``runs``; return the markdown table (with the means
+    over seeds and the accuracy per problem type below it where they apply)."""
     rows = compare_rows(runs)
     out = out or runs[0].parent
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
+    means = seed_mean_table(runs)
+    if means:
+        table += "\n\nThe same experiment at several seeds (configs equal but for train.seed):\n\n"
+        table += means
     per_type = by_type_table(runs)
     if per_type:
         table += "\n\nAccuracy % by problem type, before -> after:\n\n" + per_type
