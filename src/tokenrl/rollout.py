@@ -317,12 +317,13 @@ def _extra_processors(model) -> list[str]:
 
 
 def _last_logits(model, **inputs) -> tuple[torch.Tensor, object]:
-    """(float32 logits at each row's last position [R, V], the cache) of one forward pass."""
+    """(logits at each row's last position [R, V] in the model's dtype, the cache) of one
+    forward pass."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "_supports_logits_to_keep", lambda: False)():
         inputs["logits_to_keep"] = 1
     out = model(**inputs, use_cache=True)
-    return out.logits[:, -1, :].float(), out.cache
+    return out.logits[:, -1, :], out.cache
 
 
 @torch.no_grad()
@@ -362,9 +363,13 @@ def _generate_shared(
     sampler = next((p for p in processors if isinstance(p, KeyedSampler)), None)
     warpers = [p for p in processors if p is not sampler]  # temperature, top-p: row by row
     for t in range(sampling.max_new_tokens):
-        for warper in warpers:  # on each distinct prefix's logits [U, V], not each row's
-            logits = warper(None, logits)
-        pick = logits.argmax(-1)[of_row] if sampler is None else sampler.sample(logits, of_row)
+        if sampler is None and not warpers:  # greedy: the first largest logit, read in the
+            pick = logits.max(-1).indices[of_row]  # model's dtype (no float copy; same index)
+        else:
+            logits = logits.float()
+            for warper in warpers:  # on each distinct prefix's logits [U, V], not each row's
+                logits = warper(None, logits)
+            pick = logits.argmax(-1)[of_row] if sampler is None else sampler.sample(logits, of_row)
         token = torch.where(running, pick, torch.full_like(of_row, pad_id))
         rows = torch.cat([rows, token[:, None]], 1)
         running &= ~torch.isin(token, eos)
