@@ -165,6 +165,7 @@ def compare_runs(runs: list[Path], out: Path | None = None) -> str:
         {r.name: read_jsonl(r / "metrics.jsonl") for r in runs},
         out / "compare.png",
         "tokenrl compare",
+        groups=[[r.name for r in group] for group in seed_groups(runs)],
     )
     return table
 
