@@ -8,6 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def own_base_eval_cache(tmp_path_factory, monkeypatch):
+    """Each test its own store of shared base evaluations (tokenrl.basecache): none from another
+    test or from the user's cache."""
+    monkeypatch.setenv("TOKENRL_BASE_EVALS", str(tmp_path_factory.mktemp("base-evals")))
+
+
 @pytest.fixture
 def tiny():
     """A fresh tiny byte-level Qwen2 (fp32) and its tokenizer."""

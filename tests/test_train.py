@@ -380,3 +380,53 @@ def test_compare_averages_the_seeds_of_one_experiment(tmp_path):
         "| x-grpo | grpo | 0, 1 | 40.0 | 55.0 (50.0, 60.0) | +15.0 (+10.0, +20.0) | 50.0 | 300 |"
     )
     assert seed_mean_table([a, other]) == ""
+
+
+def test_runs_of_one_experiment_share_the_base_evaluation(tmp_path, monkeypatch):
+    """The second run (another algorithm and seed, same model, problems and settings) takes the
+    first one's base evaluation instead of evaluating again; other settings evaluate anew."""
+    import tokenrl.run as run_module
+
+    calls: list[str] = []
+    evaluate = run_module._evaluate
+    monkeypatch.setattr(
+        run_module, "_evaluate", lambda tr: calls.append(tr.out.name) or evaluate(tr)
+    )
+    common = ("--train.steps", "1", "--train.eval_every", "0", "--task.eval_limit", "4")
+    first = train(quick_config(*common), tmp_path / "a", on_event=lambda s: None)
+    events: list[str] = []
+    second = train(
+        quick_config(*common, "--train.algo", "grpo", "--train.seed", "3"),
+        tmp_path / "b",
+        on_event=events.append,
+    )
+    assert calls == ["a", "a", "b"]  # a: before and after; b: after only
+    assert second["before"]["accuracy"] == first["before"]["accuracy"]
+    assert second["before"]["shared_from"]["run"] == str(tmp_path / "a")
+    assert "shared_from" not in first["before"]
+    assert any("base evaluation taken from" in e for e in events)
+    # other evaluation settings (the completion cap), or sharing off: evaluated again
+    third = train(quick_config(*common, "--rollout.max_new_tokens", "3"), tmp_path / "c",
+                  on_event=lambda s: None)  # fmt: skip
+    fourth = train(quick_config(*common, "--train.share_base_eval", "false"), tmp_path / "d",
+                   on_event=lambda s: None)  # fmt: skip
+    assert calls[3:] == ["c", "c", "d", "d"]
+    assert "shared_from" not in third["before"] and "shared_from" not in fourth["before"]
+
+
+def test_a_base_evaluation_is_shared_only_while_the_adapter_is_at_zero(tmp_path):
+    from tokenrl.basecache import base_eval_key
+    from tokenrl.trainer import build_trainer
+
+    tr = build_trainer(quick_config("--task.eval_limit", "2"), tmp_path / "run")
+    key = base_eval_key(tr)
+    assert key is not None and base_eval_key(tr) == key
+    b = next(p for n, p in tr.model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        b[0, 0] = 1e-3
+    assert base_eval_key(tr) is None
+    with torch.no_grad():
+        b.zero_()
+        next(p for n, p in tr.model.named_parameters() if "lora_" not in n)[0, 0] += 1.0
+    changed = base_eval_key(tr)
+    assert changed is not None and changed["weights"] != key["weights"]

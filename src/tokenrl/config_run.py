@@ -166,6 +166,11 @@ class TrainConfig:
     eval_before: bool = True
     """Evaluate the base model (adapter at its initial zero update) before training."""
 
+    share_base_eval: bool = True
+    """Take the base evaluation from an earlier run that measured the same thing (same base
+    weights, problems, settings, code, libraries and machine; tokenrl.basecache), and store
+    this run's for the next; runs started together wait for the first one's."""
+
     def validate(self) -> None:
         from tokenrl.algorithms.registry import ALGORITHMS
 

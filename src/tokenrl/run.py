@@ -119,9 +119,12 @@ def _run(tr: Trainer, *, resume: bool, on_event: Callable[[str], None]) -> dict[
     try:
         with stop, progress_bar(cfg, show=main) as bar:
             if tr.step == 0 and cfg.train.eval_before and "before" not in summary:
-                before = run_eval(tr)
+                before, origin = run_base_eval(tr)
                 logger.write(eval_metrics(before, 0))
                 summary["before"] = before.summary()
+                if origin is not None:
+                    summary["before"]["shared_from"] = origin
+                    on_event(f"base evaluation taken from {origin['run']} ({origin['file']})")
                 if main:
                     write_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
             bar.update(tr.step, None, summary.get("before", {}).get("accuracy"))
@@ -245,6 +248,23 @@ def run_eval(tr: Trainer) -> EvalResult:
     """
     if not tr.dist.is_main:
         return tr.dist.broadcast(None)
+    return tr.dist.broadcast(_evaluate(tr))
+
+
+def run_base_eval(tr: Trainer) -> tuple[EvalResult, dict[str, Any] | None]:
+    """:func:`run_eval` before training; with ``train.share_base_eval``, taken from an earlier
+    run's identical evaluation where there is one (its origin returned, else None)."""
+    if not tr.cfg.train.share_base_eval:
+        return run_eval(tr), None
+    from tokenrl.basecache import shared_base_eval
+
+    if not tr.dist.is_main:
+        return tr.dist.broadcast(None), None
+    result, origin = shared_base_eval(tr, lambda: _evaluate(tr))
+    return tr.dist.broadcast(result), origin
+
+
+def _evaluate(tr: Trainer) -> EvalResult:
     result = evaluate(
         tr.model,
         tr.lm.tokenizer,
@@ -255,4 +275,4 @@ def run_eval(tr: Trainer) -> EvalResult:
         engine=tr.engine,
     )
     trim_heap()
-    return tr.dist.broadcast(result)
+    return result
