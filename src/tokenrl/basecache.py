@@ -41,7 +41,7 @@ def _digest_tensors(named: Iterator[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in named:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return h.hexdigest()
 
 
