@@ -8,8 +8,9 @@
 #   MODEL=1.5b scripts/qwen_results.sh multiplication:2x2 0 "grpo:1e-4 sgrpo:1e-4 tspmo:1e-4"
 #
 # SPECS: the ALGO:LR runs (default "grpo:1e-4 grpo:1e-5 sgrpo:1e-4 tspmo:1e-4"). SVAMP runs are
-# about 50 minutes each alone on 2 cores (the configs' calibration): three at once take about 2.5
-# hours, so plan one seed of three methods a session.
+# about 50 minutes each alone on 2 cores (the configs' calibration): three at once took about 1 h
+# 50 min (stop 31, each evaluating the base itself). The runs of one call now evaluate the base
+# once (train.share_base_eval: the others wait for the first one's result and reuse it).
 #
 # The four runs train at once, one thread each (how they were measured on a 2-core machine), into
 # runs/qwen/<NAME>; a finished run is skipped, a killed one resumes. Afterwards `tokenrl compare`
