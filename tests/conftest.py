@@ -1,9 +1,13 @@
 import os
+import tempfile
 
 # Before torch loads: spin-waiting OpenMP threads make small models 50x slower on shared cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Shared base evaluations (tokenrl.basecache) never go to the user's cache: a folder for the
+# session (module-scoped fixtures), and one per test below.
+os.environ["TOKENRL_BASE_EVALS"] = tempfile.mkdtemp(prefix="tokenrl-base-evals-")
 
 import pytest  # noqa: E402
 
