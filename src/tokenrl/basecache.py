@@ -7,8 +7,9 @@ the same machine gives the same tokens, so the first run's result can serve the 
 evaluation depends on is equal (:func:`base_eval_key`): a digest of the base weights and of the
 tokenrl source, the held-out problems and their prompts, the task, LoRA and evaluation settings,
 the libraries' versions, the CPU or GPU and the thread count; and only while the adapter is at its
-initial zero update. Runs started together wait for the first one's evaluation (a file lock)
-instead of repeating it. Results are kept under ``<cache>/base-evals/`` (``$TOKENRL_BASE_EVALS``
+initial zero update. Runs started together wait for the first one's evaluation (a file lock;
+where ``fcntl`` is missing, on Windows, there is no lock and they may each evaluate) instead of
+repeating it. Results are kept under ``<cache>/base-evals/`` (``$TOKENRL_BASE_EVALS``
 overrides the folder).
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +30,11 @@ from tokenrl import zoo
 from tokenrl.evaluation import EvalResult
 from tokenrl.machine import cpu_model, versions
 from tokenrl.runlog import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (as tokenrl.runlock)
+    fcntl = None  # type: ignore[assignment]
 
 
 def cache_folder() -> Path:
@@ -96,6 +101,9 @@ def key_name(key: dict[str, Any]) -> str:
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (released when the process ends, however it ends)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
