@@ -254,13 +254,14 @@ def run_eval(tr: Trainer) -> EvalResult:
 def run_base_eval(tr: Trainer) -> tuple[EvalResult, dict[str, Any] | None]:
     """:func:`run_eval` before training; with ``train.share_base_eval``, taken from an earlier
     run's identical evaluation where there is one (its origin returned, else None)."""
-    if not tr.cfg.train.share_base_eval:
-        return run_eval(tr), None
-    from tokenrl.basecache import shared_base_eval
-
     if not tr.dist.is_main:
         return tr.dist.broadcast(None), None
-    result, origin = shared_base_eval(tr, lambda: _evaluate(tr))
+    if tr.cfg.train.share_base_eval:
+        from tokenrl.basecache import shared_base_eval
+
+        result, origin = shared_base_eval(tr, lambda: _evaluate(tr))
+    else:
+        result, origin = _evaluate(tr), None
     return tr.dist.broadcast(result), origin
 
 
