@@ -37,6 +37,7 @@ def compare_rows(runs: list[Path]) -> list[dict[str, Any]]:
             {
                 "run": run.name,
                 "algo": s["algo"],
+                "seed": s.get("seed"),
                 "base_accuracy": before["accuracy"] if before else None,
                 "accuracy": after["accuracy"],
                 "ci95": after["ci95"],
@@ -114,10 +115,11 @@ def _group_name(runs: list[Path], algo: str) -> str:
     return re.sub(r"([-_]+(seed|s))?[-_]*$", "", prefix) or algo
 
 
-def seed_mean_table(runs: list[Path]) -> str:
-    """One row per group of :func:`seed_groups` with two runs or more: the mean accuracy after
-    and change over its seeds, each seed's in brackets; "" when no experiment has two seeds."""
-    groups = [g for g in seed_groups(runs) if len(g) > 1]
+def seed_mean_table(runs: list[Path], groups: list[list[Path]] | None = None) -> str:
+    """One row per group of :func:`seed_groups` (``groups``, when the caller has them) with two
+    runs or more: the mean accuracy after and change over its seeds, each seed's in brackets;
+    "" when no experiment has two seeds."""
+    groups = [g for g in (groups or seed_groups(runs)) if len(g) > 1]
     if not groups:
         return ""
     lines = [
@@ -127,7 +129,7 @@ def seed_mean_table(runs: list[Path]) -> str:
     ]
     for group in groups:
         rows = compare_rows(group)
-        seeds = [load_run(r).get("seed", "?") for r in group]
+        seeds = ["?" if r["seed"] is None else r["seed"] for r in rows]
         acc = [100 * r["accuracy"] for r in rows]
         gains = [r["gain_points"] for r in rows]
         base = sorted({_pct(r["base_accuracy"]) for r in rows})
@@ -153,7 +155,8 @@ def compare_runs(runs: list[Path], out: Path | None = None) -> str:
     out = out or runs[0].parent
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    means = seed_mean_table(runs)
+    groups = seed_groups(runs)
+    means = seed_mean_table(runs, groups)
     if means:
         table += "\n\nThe same experiment at several seeds (configs equal but for train.seed):\n\n"
         table += means
@@ -165,7 +168,7 @@ def compare_runs(runs: list[Path], out: Path | None = None) -> str:
         {r.name: read_jsonl(r / "metrics.jsonl") for r in runs},
         out / "compare.png",
         "tokenrl compare",
-        groups=[[r.name for r in group] for group in seed_groups(runs)],
+        groups=[[r.name for r in group] for group in groups],
     )
     return table
 
