@@ -41,8 +41,10 @@ from typing import Any
 
 import torch
 
+from tokenrl.algorithms import logprobs
 from tokenrl.config import load_config
 from tokenrl.machine import cpu_features, cpu_model, versions
+from tokenrl.mklpath import intel_path_status
 from tokenrl.models import decoder_and_head
 from tokenrl.step import train_step
 from tokenrl.trainer import build_trainer
@@ -101,6 +103,7 @@ def measure_machine(device: str, dtype: str, threads: int) -> dict[str, Any]:
     machine = {
         "cpu": cpu_model(),
         "cpu_features": feats,
+        "mkl_intel_path": intel_path_status(),
         "threads": threads,
         "gemm_fp32_flops": gemm_flops(torch.float32),
     }
@@ -137,18 +140,30 @@ def model_costs(model: torch.nn.Module) -> dict[str, Any]:
 
 
 class ForwardLog:
-    """Rows x tokens of every forward pass, by phase, from a hook on the token embedding."""
+    """Rows x tokens of every forward pass, by phase, from a hook on the token embedding; and the
+    rows whose LM-head log-prob the update computes (``head_rows``: only the loss's targets, e.g.
+    none of a group whose rewards are all equal)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.phase = "other"
         self.calls: dict[str, list[tuple[int, int]]] = {"generate": [], "update": [], "other": []}
+        self.head_rows = 0
         embed = decoder_and_head(model)[0].get_input_embeddings()
         self.handle = embed.register_forward_hook(
             lambda m, inp, out: self.calls[self.phase].append(tuple(inp[0].shape))
         )
+        self._head_logprobs = logprobs.head_logprobs
+
+        def counted(head, hidden, targets, **kw):
+            if self.phase == "update":
+                self.head_rows += hidden.shape[0]
+            return self._head_logprobs(head, hidden, targets, **kw)
+
+        logprobs.head_logprobs = counted
 
     def close(self) -> None:
         self.handle.remove()
+        logprobs.head_logprobs = self._head_logprobs
 
 
 def generation_bound(
@@ -217,13 +232,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tr.engine.generate = logged_generate
         for _ in range(args.warmup + 1):  # the last step is the measured one
             log.calls = {"generate": [], "update": [], "other": []}
+            log.head_rows = 0
             m = train_step(tr)
             log.phase = "other"
         log.close()
         # the shape that ran: --set may have changed SHAPES' prompts and group
         prompts, group = cfg.rollout.prompts_per_step, cfg.rollout.group_size
         n_comp = prompts * group * (args.max_new_tokens or new_tokens)
-        targets = m.get("tokens/update_frac", 1.0) * n_comp
+        targets = log.head_rows  # the LM head's rows in the update's forward (and backward)
         g_bound = generation_bound(log.calls["generate"], costs, flops, bw)
         u_bound = update_bound(log.calls["update"], targets, costs, flops, bw)
         # every row decodes every step (EOS ignored); the completion mask would stop counting

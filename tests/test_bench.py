@@ -290,3 +290,27 @@ def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, t
     assert report["costs"]["hidden"] == 48
     (row,) = report["algorithms"]
     assert row["update_tokens_run"] > 0 and row["update_of_bound"] > 0
+    shape = report["shape"]  # the update's LM-head rows: some, at most every completion token
+    assert 0 < row["update_targets"] <= shape["prompts"] * shape["group"] * shape["new_tokens"]
+
+
+def test_bench_step_counts_the_head_rows_the_update_computes(load_benchmark, tiny):
+    """The update bound's LM-head term counts the rows ``head_logprobs`` gets in the update phase
+    (the loss's targets), not every completion token: groups without signal run no head."""
+    import torch
+
+    from tokenrl.algorithms import logprobs
+
+    step_bounds = load_benchmark("step_bounds")
+    model, _ = tiny
+    original = logprobs.head_logprobs
+    log = step_bounds.ForwardLog(model)
+    head = model.get_output_embeddings()
+    hidden, targets = torch.randn(5, head.in_features), torch.tensor([1, 2, 3, 4, 5])
+    log.phase = "generate"
+    logprobs.head_logprobs(head, hidden, targets)
+    log.phase = "update"
+    out = logprobs.head_logprobs(head, hidden[:3], targets[:3], chunk_size=2)
+    assert log.head_rows == 3 and out.shape == (3,)
+    log.close()
+    assert logprobs.head_logprobs is original
