@@ -311,7 +311,9 @@ def test_auto_dtype_follows_the_devices_features(monkeypatch):
     feats = {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": True}
     monkeypatch.setattr(machine, "cpu_features", lambda: dict(feats))
     assert auto_dtype(cpu) == torch.bfloat16 and resolve_dtype("auto", cpu) == torch.bfloat16
-    feats["amx_bf16"] = False  # AVX-512 bf16 alone: untested here, so fp32
+    feats["amx_bf16"] = False  # AVX-512 bf16 alone (AMD Zen 4): native bf16 products too
+    assert auto_dtype(cpu) == torch.bfloat16
+    feats["avx512_bf16"] = False  # AVX-512 without bf16 (Zen 3 has no AVX-512 at all): fp32
     assert auto_dtype(cpu) == torch.float32
     feats.update(avx512f=False, avx512_bf16=False)  # AVX2 only: bf16 is emulated and slow
     assert resolve_dtype("auto", cpu) == torch.float32

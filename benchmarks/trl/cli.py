@@ -45,8 +45,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["fp32", "bf16"],
-        help="(default: fp32 on CPU, bf16 on CUDA)",
+        choices=["fp32", "bf16", "auto"],
+        help="(default: fp32 on CPU, bf16 on CUDA; auto: what --dtype auto picks for training)",
     )
     p.add_argument("--trl-gc", choices=["on", "off", "workload"], default="workload",
                    help="TRL gradient checkpointing (default: the workload's setting)")  # fmt: skip
@@ -106,6 +106,10 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.dtype == "auto":  # the dtype training would pick on this device (tokenrl.devices)
+        from tokenrl.devices import dtype_name, resolve_device, resolve_dtype
+
+        args.dtype = dtype_name(resolve_dtype("auto", resolve_device(args.device)))
     if args.what == "step":
         from benchmarks.step_bounds import main as step_main
 

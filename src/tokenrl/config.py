@@ -45,7 +45,7 @@ class ModelConfig:
 
     dtype: str = "fp32"
     """Weights dtype: fp32 (the paper's setting), bf16, or auto (bf16 on a GPU with bf16 and on a
-    CPU with AMX, else fp32; the run records what it chose)."""
+    CPU with AMX or AVX-512 bf16, else fp32; the run records what it chose)."""
 
     device: str = "auto"
     """auto (cuda when present, else cpu), cpu, cuda, cuda:N."""

@@ -27,15 +27,16 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def auto_dtype(device: torch.device) -> torch.dtype:
     """The weights dtype that runs fastest here, from the device's features (``--dtype auto``):
-    bf16 on a GPU that supports it and on a CPU with AMX (Intel Xeon 4th generation and later:
-    bf16 products measured 5.9x the fp32 rate on the 2-core development machine); fp32
-    elsewhere, notably on AVX2-only CPUs, where bf16 is emulated and about 5x slower (CPUs with
-    AVX-512 bf16 but no AMX are untested here: they get fp32, choose bf16 yourself to try)."""
+    bf16 on a GPU that supports it and on a CPU with native bf16 products, AMX or AVX-512 bf16
+    (bf16 products 5.9x the fp32 rate on a 2-core AMX Xeon; one RL step of the 0.5B 1.6-2.2x
+    faster than fp32 on a 2-core AMD EPYC Zen 4, docs/benchmarks.md); fp32 elsewhere, notably on AVX2-only
+    CPUs, where bf16 is emulated and about 5x slower."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     from tokenrl.machine import cpu_features
 
-    return torch.bfloat16 if cpu_features()["amx_bf16"] else torch.float32
+    feats = cpu_features()
+    return torch.bfloat16 if feats.get("amx_bf16") or feats.get("avx512_bf16") else torch.float32
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
