@@ -18,6 +18,7 @@ from tokenrl.cli_base import (  # noqa: F401 (parse_key_values, setup_torch: use
 )
 from tokenrl.errors import UsageError
 from tokenrl.machine import apply_thread_policy
+from tokenrl.mklpath import restart_with_intel_path
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -248,6 +249,8 @@ def _unknown_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a process of its own: on AMD CPUs, restart with MKL's Intel path
+        restart_with_intel_path()
     argv = list(sys.argv[1:] if argv is None else argv)
     # before build_parser, which imports torch: the quickstart's warm-up runs alone on the cores
     apply_thread_policy(spin=argv[:1] == ["quickstart"])

@@ -91,9 +91,12 @@ def _ram_gib() -> float | None:
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model and features, cores, RAM, OS, thread policy; the GPU when ``device`` is CUDA."""
+    from tokenrl.mklpath import intel_path_status
+
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
+        "mkl_intel_path": intel_path_status(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": _ram_gib(),
