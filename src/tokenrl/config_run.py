@@ -35,6 +35,12 @@ class RolloutConfig:
     one matmul per layer instead of three: faster rollouts on a CPU for one extra copy of the
     adapted weights (tokenrl.models.lora_merged). The update always runs the adapter itself."""
 
+    prepack_weights: bool = True
+    """On a CPU, decode with the bf16 linear weights packed once per generation for oneDNN's
+    kernels (tokenrl.packing): bitwise the same tokens, the decode's products 1.2-1.4x faster at
+    32 rows on an AMD EPYC Zen 4, for a second copy of the bf16 weights while generating. No
+    effect on GPUs or fp32 weights. Evaluation's greedy decoding uses it too."""
+
     engine: str = "shared"
     """How completions are sampled (tokenrl.engines): shared (each distinct prompt + completion-so-far
     prefix runs once per decode step, every row gets its prefix's logits: the same tokens as hf in

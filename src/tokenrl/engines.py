@@ -23,6 +23,7 @@ from typing import Protocol
 from torch import nn
 
 from tokenrl.models import autocast, lora_merged
+from tokenrl.packing import packed_linears
 from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts
 
 
@@ -52,7 +53,9 @@ class HFEngine:
 
     ``autocast`` ("bfloat16" or None) and ``merge_lora`` (sample with each adapter folded into
     its weight, :func:`tokenrl.models.lora_merged`) apply to sampled rollouts; greedy decoding
-    (evaluation) runs in the weights' dtype with the adapter as it is.
+    (evaluation) runs in the weights' dtype with the adapter as it is. ``prepack_weights`` (both:
+    bf16 weights on a CPU packed for oneDNN while decoding, :mod:`tokenrl.packing`; the same
+    tokens).
     """
 
     model: nn.Module
@@ -60,6 +63,7 @@ class HFEngine:
     shared_decode: bool = True
     autocast: str | None = None
     merge_lora: bool = False
+    prepack_weights: bool = True
 
     def generate(
         self,
@@ -85,13 +89,13 @@ class HFEngine:
         self.model = model  # the same module: nothing to copy
 
     def _context(self, greedy: bool) -> contextlib.AbstractContextManager:
-        if greedy:
-            return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        if self.merge_lora:
-            stack.enter_context(lora_merged(self.model))
-        device = next(self.model.parameters()).device
-        stack.enter_context(autocast(device, self.autocast))
+        if not greedy:
+            if self.merge_lora:
+                stack.enter_context(lora_merged(self.model))
+            device = next(self.model.parameters()).device
+            stack.enter_context(autocast(device, self.autocast))
+        stack.enter_context(packed_linears(self.model, self.prepack_weights))  # after merging
         return stack
 
 
@@ -104,7 +108,7 @@ def _hf(model: nn.Module, tokenizer, **options) -> Engine:
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"shared": _shared, "hf": _hf}
-"""Engine name -> factory ``(model, tokenizer, *, autocast, merge_lora) -> Engine``."""
+"""Engine name -> factory ``(model, tokenizer, *, autocast, merge_lora, prepack_weights) -> Engine``."""
 
 
 def make_engine(name: str, model: nn.Module, tokenizer, **options) -> Engine:

@@ -164,6 +164,7 @@ def build_trainer(
         lm.tokenizer,
         autocast=AUTOCAST_DTYPES[cfg.model.autocast],
         merge_lora=cfg.rollout.merge_lora,
+        prepack_weights=cfg.rollout.prepack_weights,
     )
     return Trainer(
         cfg=cfg,

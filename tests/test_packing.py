@@ -1,0 +1,69 @@
+"""Pre-packed bf16 weights while decoding (tokenrl.packing): the same tokens, weights untouched,
+nothing left patched, plain products wherever gradients are needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tokenrl.engines import make_engine
+from tokenrl.models import build_tiny
+from tokenrl.packing import packed_linears, why_not_packed
+from tokenrl.rollout import SamplingConfig
+
+
+@pytest.fixture
+def tiny_bf16():
+    model, tok = build_tiny("tiny", dtype=torch.bfloat16)
+    reason = why_not_packed(model)
+    if reason is not None:
+        pytest.skip(f"bf16 weights are not packed here: {reason}")
+    return model, tok
+
+
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if type(m) is nn.Linear]
+
+
+def test_sampled_and_greedy_tokens_are_bitwise_the_same(tiny_bf16):
+    model, tok = tiny_bf16
+    prompts = [list(b"12*3="), list(b"7*80="), list(b"100*2=")]  # different lengths: padding
+    weights = [m.weight.clone() for m in _linears(model)]
+    out = {}
+    for packed in (False, True):
+        engine = make_engine("shared", model, tok, prepack_weights=packed)
+        for greedy in (False, True):
+            sampling = SamplingConfig(max_new_tokens=8, greedy=greedy)
+            batch = engine.generate(
+                prompts, sampling, group_size=1 if greedy else 4, seeds=[1, 2, 3]
+            )
+            out[packed, greedy] = batch.completion_ids
+    assert torch.equal(out[True, False], out[False, False])
+    assert torch.equal(out[True, True], out[False, True])
+    for m, w in zip(_linears(model), weights, strict=True):  # untouched, and nothing left patched
+        assert torch.equal(m.weight, w) and "forward" not in vars(m)
+
+
+def test_inside_the_block_products_match_and_gradients_flow(tiny_bf16):
+    model, _ = tiny_bf16
+    layer = _linears(model)[0]
+    x = torch.randn(5, layer.in_features).bfloat16()
+    plain = layer(x)
+    with packed_linears(model) as packed:
+        assert packed and "forward" in vars(layer)
+        assert torch.equal(layer(x), plain)  # the packed product: bitwise the same
+        x.requires_grad_(True)  # gradients (the packed op has no backward): F.linear runs
+        layer(x).float().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert "forward" not in vars(layer)
+
+
+def test_fp32_weights_or_turned_off_pack_nothing():
+    model, _ = build_tiny("tiny")  # fp32
+    assert why_not_packed(model) == "no bf16 weights on the CPU"
+    with packed_linears(model) as packed:
+        assert not packed and all("forward" not in vars(m) for m in _linears(model))
+    bf16, _ = build_tiny("tiny", dtype=torch.bfloat16)
+    with packed_linears(bf16, enabled=False) as packed:
+        assert not packed
