@@ -67,3 +67,26 @@ def test_fp32_weights_or_turned_off_pack_nothing():
     bf16, _ = build_tiny("tiny", dtype=torch.bfloat16)
     with packed_linears(bf16, enabled=False) as packed:
         assert not packed
+
+
+def test_with_a_lora_adapter_as_is_and_merged_the_tokens_are_the_same(tiny_bf16):
+    """The trainer's model: peft LoRA around the bf16 base (fp32 A and B, left unpacked); greedy
+    decoding runs the adapter as it is, sampling with ``merge_lora`` folds it in first."""
+    from tokenrl.models import LoraSpec, apply_lora
+
+    model, tok = tiny_bf16
+    model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a non-zero update, so the adapter changes the tokens
+            torch.nn.init.normal_(p, std=0.05)
+    prompts = [list(b"12*3="), list(b"7*80=")]
+    out = {}
+    for packed in (False, True):
+        engine = make_engine("shared", model, tok, merge_lora=True, prepack_weights=packed)
+        for greedy in (False, True):
+            sampling = SamplingConfig(max_new_tokens=8, greedy=greedy)
+            batch = engine.generate(prompts, sampling, group_size=1 if greedy else 4, seeds=[5, 6])
+            out[packed, greedy] = batch.completion_ids
+    assert torch.equal(out[True, False], out[False, False])
+    assert torch.equal(out[True, True], out[False, True])
+    assert all("forward" not in vars(m) for m in _linears(model))

@@ -39,8 +39,8 @@ def add_model_args(p: argparse.ArgumentParser, *, adapter: bool = True) -> None:
         "--dtype",
         default="fp32",
         choices=["fp32", "bf16", "auto"],
-        help="weights dtype; auto: bf16 on a GPU with bf16 or a CPU with AMX or AVX-512 bf16, else fp32 "
-        "(default: %(default)s)",
+        help="weights dtype; auto: bf16 on a GPU with bf16 or a CPU with AMX or AVX-512 bf16, "
+        "else fp32 (default: %(default)s)",
     )
     p.add_argument(
         "--device",

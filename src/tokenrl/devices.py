@@ -29,8 +29,8 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     """The weights dtype that runs fastest here, from the device's features (``--dtype auto``):
     bf16 on a GPU that supports it and on a CPU with native bf16 products, AMX or AVX-512 bf16
     (bf16 products 5.9x the fp32 rate on a 2-core AMX Xeon; one RL step of the 0.5B 1.6-2.2x
-    faster than fp32 on a 2-core AMD EPYC Zen 4, docs/benchmarks.md); fp32 elsewhere, notably on AVX2-only
-    CPUs, where bf16 is emulated and about 5x slower."""
+    faster than fp32 on a 2-core AMD EPYC Zen 4, docs/benchmarks.md); fp32 elsewhere, notably
+    on AVX2-only CPUs, where bf16 is emulated and about 5x slower."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     from tokenrl.machine import cpu_features

@@ -1,7 +1,7 @@
 """bf16 linear weights pre-packed for oneDNN while a CPU decodes (``rollout.prepack_weights``).
 
 A decode step multiplies a few rows (the trainer's 4 x 8 = 32) by every weight of the model.
-``F.linear`` lays each bf16 weight out for oneDNN's kernel again on every call; packing it once
+``F.linear`` hands oneDNN each bf16 weight in its plain layout on every call; packing it once
 per generation (``torch.ops.mkldnn._reorder_linear_weight``, what ``torch.compile``'s freezing
 does on CPUs) and calling the packed product (``_linear_pointwise``) gives bitwise the same
 outputs, faster: on a 2-core AMD EPYC Zen 4 the 0.5B's products at 32 rows ran 1.23-1.42x

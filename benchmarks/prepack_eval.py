@@ -1,0 +1,77 @@
+"""Evaluation's greedy decoding with and without pre-packed bf16 weights (tokenrl.packing).
+
+Runs :func:`tokenrl.evaluation.evaluate` on the task's first ``--problems`` test problems through
+the shared engine with ``prepack_weights`` off and on, alternated over ``--repeats`` after a
+warm-up of each; reports the median seconds, the speed-up and whether every completion is the
+same.
+
+    python benchmarks/prepack_eval.py --model qwen2.5-coder-0.5b-instruct --task svamp \
+        --style chat --problems 64 --max-new-tokens 256 --repeats 2 --threads 2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from tokenrl.engines import make_engine  # noqa: E402
+from tokenrl.evaluation import evaluate  # noqa: E402
+from tokenrl.machine import machine_info  # noqa: E402
+from tokenrl.models import load_model  # noqa: E402
+from tokenrl.tasks import get_task  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--task", default="svamp")
+    ap.add_argument("--style", default="chat")
+    ap.add_argument("--problems", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model, dtype=args.dtype)
+    task = get_task(args.task, style=args.style)
+    examples = task.examples("test")[: args.problems]
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    texts: dict[bool, list[str]] = {}
+    for rep in range(args.repeats + 1):  # the first round warms both up
+        for packed in (False, True):
+            engine = make_engine("shared", lm.model, lm.tokenizer, prepack_weights=packed)
+            result = evaluate(
+                lm.model, lm.tokenizer, task, examples,
+                max_new_tokens=args.max_new_tokens, batch_size=64, engine=engine,
+            )  # fmt: skip
+            texts[packed] = [r["completion"] for r in result.records]
+            if rep:
+                seconds[packed].append(result.seconds)
+    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    report = {
+        "model": args.model, "dtype": args.dtype, "task": args.task, "problems": len(examples),
+        "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "seconds_off": seconds[False], "seconds_on": seconds[True], "speedup": off / on,
+        "same_completions": texts[False] == texts[True], "machine": machine_info(),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(
+            f"off {off:.1f} s, on {on:.1f} s: {off / on:.2f}x; same: {report['same_completions']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
