@@ -47,29 +47,31 @@ def thread_policy() -> dict[str, str | None]:
     return policy
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what `platform` knows (e.g. x86_64)."""
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in /proc/cpuinfo, or None (no such line or file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows (e.g. x86_64)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor (AuthenticAMD, GenuineIntel; /proc/cpuinfo), or "" where unknown."""
+    return _cpuinfo("vendor_id") or ""
 
 
 def cpu_features() -> dict[str, bool]:
     """The vector features that decide fp32 / bf16 speed on a CPU (from /proc/cpuinfo)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = set((_cpuinfo("flags") or "").split())
     return {
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,

@@ -30,7 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tokenrl import zoo  # torch-free: this module runs before torch is imported
+from tokenrl import zoo  # torch-free, as is tokenrl.machine: this runs before torch loads
+from tokenrl.machine import cpu_vendor
 
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 """MKL's vendor check, answered yes (it is exported by torch's libtorch_cpu.so, so a preloaded
@@ -42,18 +43,6 @@ any Linux CPU (other non-Intel x86 CPUs; on an Intel CPU it changes nothing); un
 
 _RESTARTED = "TOKENRL_MKL_INTEL_PATH_RESTARTED"
 """Set on the restarted process, so a failed preload never restarts it a second time."""
-
-
-def cpu_vendor() -> str:
-    """``vendor_id`` of /proc/cpuinfo (AuthenticAMD, GenuineIntel), or "" where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def why_not() -> str | None:
