@@ -262,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = {"prompts": prompts, "group": group, "new_tokens": args.max_new_tokens or new_tokens}
     return {"model": args.model, "task": args.task, "dtype": args.dtype, "device": args.device,
             "reward": reward.get("task.reward", "task"), "shape": shape,
+            "settings": dict(kv.split("=", 1) for kv in args.set),  # --set KEY=VALUE
             "costs": costs, "machine": machine, "versions": versions(), "algorithms": rows}  # fmt: skip
 
 

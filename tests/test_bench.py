@@ -284,8 +284,10 @@ def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, t
 
     folder = _architecture_folder(tmp_path)
     argv = ["bench", "step", "--model", f"random:{folder}", "--task", "mult:2x1", "--algos",
-            "sgrpo", "--threads", "1", "--warmup", "0", "--max-new-tokens", "6", "--json"]  # fmt: skip
+            "sgrpo", "--threads", "1", "--warmup", "0", "--max-new-tokens", "6", "--json",
+            "--set", "rollout.prepack_weights=false"]  # fmt: skip
     report = _run_json(capsys, argv)
+    assert report["settings"] == {"rollout.prepack_weights": "false"}  # what the run was told
     assert report["reward"] == "benchmarks.trl.rewards:bench_reward" and report["device"] == "cpu"
     assert report["costs"]["hidden"] == 48
     (row,) = report["algorithms"]
