@@ -46,7 +46,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         default=None,
         choices=["fp32", "bf16", "auto"],
-        help="(default: fp32 on CPU, bf16 on CUDA; auto: what --dtype auto picks for training)",
+        help="(default: fp32 on CPU, bf16 on CUDA; step: auto, what --dtype auto picks for "
+        "training)",
     )
     p.add_argument("--trl-gc", choices=["on", "off", "workload"], default="workload",
                    help="TRL gradient checkpointing (default: the workload's setting)")  # fmt: skip
@@ -106,6 +107,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "step" and args.dtype is None:  # the step: what --dtype auto trains in
+        args.dtype = "auto"
     if args.dtype == "auto":  # the dtype training would pick on this device (tokenrl.devices)
         from tokenrl.devices import dtype_name, resolve_device, resolve_dtype
 
@@ -114,7 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.step_bounds import main as step_main
 
         argv = ["--model", args.model, "--task", args.task, "--algos", args.algos,
-                "--dtype", args.dtype or "fp32", "--threads", str(args.threads),
+                "--dtype", args.dtype, "--threads", str(args.threads),
                 "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
         argv += ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
         argv += [x for kv in args.set for x in ("--set", kv)] + (["--json"] if args.json else [])
