@@ -430,3 +430,17 @@ def test_a_base_evaluation_is_shared_only_while_the_adapter_is_at_zero(tmp_path)
         next(p for n, p in tr.model.named_parameters() if "lora_" not in n)[0, 0] += 1.0
     changed = base_eval_key(tr)
     assert changed is not None and changed["weights"] != key["weights"]
+
+
+def test_a_base_evaluation_is_not_shared_across_mkl_code_paths(tmp_path, monkeypatch):
+    """MKL's Intel path (tokenrl.mklpath) rounds fp32 products differently: its own key."""
+    import tokenrl.basecache as basecache
+    from tokenrl.trainer import build_trainer
+
+    tr = build_trainer(quick_config("--task.eval_limit", "2"), tmp_path / "run")
+    monkeypatch.setattr(basecache, "is_active", lambda: False)
+    own = basecache.base_eval_key(tr)
+    monkeypatch.setattr(basecache, "is_active", lambda: True)
+    intel = basecache.base_eval_key(tr)
+    assert own["mkl_intel_path"] is False and intel["mkl_intel_path"] is True
+    assert basecache.key_name(own) != basecache.key_name(intel)

@@ -29,6 +29,7 @@ import torch
 from tokenrl import zoo
 from tokenrl.evaluation import EvalResult
 from tokenrl.machine import cpu_model, versions
+from tokenrl.mklpath import is_active
 from tokenrl.runlog import write_atomic
 
 try:
@@ -89,6 +90,7 @@ def base_eval_key(tr: Any) -> dict[str, Any] | None:
         },
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(),
+        "mkl_intel_path": device.type == "cpu" and is_active(),  # rounds fp32 otherwise
         "versions": versions(),
     }
 
