@@ -17,9 +17,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
 
 SHAPES = [
     (896, 4864),
@@ -32,20 +33,13 @@ ROWS = [1, 8, 32, 128, 512]
 def child(threads: int) -> dict:
     import torch
 
+    from benchmarks.step_bounds import best_seconds
     from tokenrl.mklpath import is_active
 
     torch.set_num_threads(threads)
     times: dict[str, float] = {}
     outputs: dict[str, list[float]] = {}
-
-    def best(fn, repeats: int) -> float:
-        fn()
-        out = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-        return min(out)
+    best = partial(best_seconds, device="cpu")
 
     gen = torch.Generator().manual_seed(0)
     for k, n in SHAPES:
@@ -55,14 +49,14 @@ def child(threads: int) -> dict:
                 x = torch.randn(rows, k, generator=gen).to(dtype)
                 key = f"{k}x{n} {str(dtype).removeprefix('torch.')} rows={rows}"
                 times[key] = best(
-                    partial(torch.nn.functional.linear, x, w), 20 if rows <= 32 else 5
+                    partial(torch.nn.functional.linear, x, w), repeats=20 if rows <= 32 else 5
                 )
                 outputs[key] = torch.nn.functional.linear(x, w).float().flatten()[:4096].tolist()
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(2048, 2048, generator=gen).to(dtype)
         b = torch.randn(2048, 2048, generator=gen).to(dtype)
         times[f"2048x2048 square {str(dtype).removeprefix('torch.')}"] = best(
-            partial(torch.matmul, a, b), 3
+            partial(torch.matmul, a, b), repeats=3
         )
     return {"active": is_active(), "times": times, "outputs": outputs}
 

@@ -58,7 +58,7 @@ SHAPES = {
 }
 
 
-def _best_seconds(fn, device: str, repeats: int) -> float:
+def best_seconds(fn, device: str, repeats: int) -> float:
     """The fastest of ``repeats`` timed calls after one warm-up (synchronised on a GPU)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
@@ -78,13 +78,13 @@ def gemm_flops(
     """Best FLOP/s of an n x n x n product (all threads)."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
+    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats)
 
 
 def read_bandwidth(gib: float = 1.0, repeats: int = 5, device: str = "cpu") -> float:
     """Best bytes/s of a streaming read (a sum over a tensor much larger than the caches)."""
     x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32, device=device)
-    return x.numel() * 4 / _best_seconds(x.sum, device, repeats)
+    return x.numel() * 4 / best_seconds(x.sum, device, repeats)
 
 
 def measure_machine(device: str, dtype: str, threads: int) -> dict[str, Any]:
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # random weights answer nothing right: every group would be skipped (no signal) and no
     # update measured; the benchmarks' tie-broken reward gives every group distinct rewards
     reward = {"task.reward": RANDOM_REWARD} if args.model.startswith("random:") else {}
+    overrides = dict(kv.split("=", 1) for kv in args.set)  # --set KEY=VALUE
     for algo in args.algos.split(","):
         settings = {
             "model.name": args.model, "model.dtype": args.dtype, "model.device": args.device,
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rollout.prompts_per_step": prompts, "rollout.group_size": group,
             "rollout.max_new_tokens": args.max_new_tokens or new_tokens, "task.eval_limit": 1,
             "log.progress": False, "log.samples_every": 0, **reward,
-            **dict(kv.split("=", 1) for kv in args.set),
+            **overrides,
         }  # fmt: skip
         cfg = load_config(None, list(settings.items()))
         tr = build_trainer(cfg, Path("/tmp/step_bounds"))
@@ -262,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = {"prompts": prompts, "group": group, "new_tokens": args.max_new_tokens or new_tokens}
     return {"model": args.model, "task": args.task, "dtype": args.dtype, "device": args.device,
             "reward": reward.get("task.reward", "task"), "shape": shape,
-            "settings": dict(kv.split("=", 1) for kv in args.set),  # --set KEY=VALUE
+            "settings": overrides,
             "costs": costs, "machine": machine, "versions": versions(), "algorithms": rows}  # fmt: skip
 
 

@@ -114,6 +114,11 @@ def intel_path_status() -> dict[str, object]:
     return status
 
 
+def _preload_with(lib: Path) -> str:
+    """``LD_PRELOAD`` with ``lib`` first, before whatever the environment preloads already."""
+    return f"{lib} {os.environ.get('LD_PRELOAD', '')}".strip()
+
+
 def restart_with_intel_path() -> None:
     """Start this process again with the preload library, where :func:`why_not` allows and the
     library builds; returns (changing nothing) otherwise. Call before torch is imported."""
@@ -123,8 +128,7 @@ def restart_with_intel_path() -> None:
     os.environ[_RESTARTED] = "1"  # also where it does not build: is_active tells the rest
     if lib is None:
         return
-    preload = os.environ.get("LD_PRELOAD", "")
-    os.environ["LD_PRELOAD"] = f"{lib} {preload}".strip()
+    os.environ["LD_PRELOAD"] = _preload_with(lib)
     sys.stdout.flush()
     sys.stderr.flush()
     argv = list(getattr(sys, "orig_argv", []) or [sys.executable, *sys.argv])
@@ -141,8 +145,7 @@ def main() -> int:
     if lib is None:
         print("# tokenrl.mklpath: no C compiler (cc, gcc) to build the library", file=sys.stderr)
         return 1
-    preload = os.environ.get("LD_PRELOAD", "")
-    print(f"export LD_PRELOAD='{f'{lib} {preload}'.strip()}'")
+    print(f"export LD_PRELOAD='{_preload_with(lib)}'")
     return 0
 
 
