@@ -1,7 +1,7 @@
 """Matrix products with and without MKL's Intel code path (tokenrl.mklpath), alternated.
 
 Each round starts two fresh processes, one with the preload library and one without
-(``TOKENRL_MKL_INTEL_PATH=0``), which time ``F.linear`` at the trainer's shapes (the 0.5B's MLP
+(MKL's own choice, ``TOKENRL_MKL_INTEL_PATH=0``), which time ``F.linear`` at the trainer's shapes (the 0.5B's MLP
 projections, a 1.5B one) and row counts (1-8: a decode step of few rows; 32: the step's 4 x 8
 rows; 128-512: prefill and update) in fp32 and bf16, plus a large square product; the best of
 ``--rounds`` per cell is reported, with the largest relative difference between the two
@@ -62,7 +62,7 @@ def child(threads: int) -> dict:
 
 
 def run_child(threads: int, intel: bool) -> dict:
-    from tokenrl.mklpath import OPT_OUT, library_path
+    from tokenrl.mklpath import SWITCH, library_path
 
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
@@ -72,7 +72,7 @@ def run_child(threads: int, intel: bool) -> dict:
             raise SystemExit("mkl_path: no C compiler to build the preload library")
         env["LD_PRELOAD"] = str(lib)
     else:
-        env[OPT_OUT] = "0"
+        env[SWITCH] = "0"
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--threads", str(threads)],
         env=env,

@@ -5,10 +5,11 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# `tokenrl` commands restart themselves with MKL's Intel code path on AMD CPUs (tokenrl.mklpath),
-# which rounds fp32 products differently from this process: tests that compare a command's run
-# with one made here keep MKL's own path (tests/test_mklpath.py sets the variable itself).
-os.environ.setdefault("TOKENRL_MKL_INTEL_PATH", "0")
+# `tokenrl` commands restart themselves with MKL's Intel code path when TOKENRL_MKL_INTEL_PATH=1
+# (tokenrl.mklpath), which rounds fp32 products differently from this process: tests that compare
+# a command's run with one made here keep MKL's own path even where the user's shell chose it
+# (tests/test_mklpath.py sets the variable itself).
+os.environ["TOKENRL_MKL_INTEL_PATH"] = "0"
 # Shared base evaluations (tokenrl.basecache) never go to the user's cache: a folder for the
 # session (module-scoped fixtures), and one per test below.
 os.environ["TOKENRL_BASE_EVALS"] = tempfile.mkdtemp(prefix="tokenrl-base-evals-")

@@ -21,19 +21,21 @@ needs_cc = pytest.mark.skipif(
 )
 
 
-def test_taken_on_amd_linux_only_unless_chosen(monkeypatch):
-    monkeypatch.delenv(mklpath.OPT_OUT, raising=False)
+def test_taken_only_when_chosen(monkeypatch):
+    monkeypatch.delenv(mklpath.SWITCH, raising=False)
     monkeypatch.setattr(mklpath.sys, "platform", "linux")
     monkeypatch.setattr(mklpath, "cpu_vendor", lambda: "AuthenticAMD")
-    assert mklpath.why_not() is None
+    assert mklpath.why_not() == (  # opt-in: it rounds fp32 differently from MKL's own path
+        "not chosen (TOKENRL_MKL_INTEL_PATH=1 takes it: faster fp32, rounded differently)"
+    )
+    monkeypatch.setenv(mklpath.SWITCH, "0")
+    assert mklpath.why_not().startswith("not chosen (")
     monkeypatch.setattr(mklpath, "cpu_vendor", lambda: "GenuineIntel")
-    assert mklpath.why_not() == "not an AMD CPU (GenuineIntel)"
-    monkeypatch.setenv(mklpath.OPT_OUT, "1")  # chosen: any CPU
+    assert mklpath.why_not() == "not chosen, and not an AMD CPU (GenuineIntel)"
+    monkeypatch.setenv(mklpath.SWITCH, "1")  # chosen: any CPU on Linux
     assert mklpath.why_not() is None
     monkeypatch.setattr(mklpath, "cpu_vendor", lambda: "AuthenticAMD")
-    monkeypatch.setenv(mklpath.OPT_OUT, "0")  # the opt-out wins
-    assert mklpath.why_not() == "turned off (TOKENRL_MKL_INTEL_PATH=0)"
-    monkeypatch.delenv(mklpath.OPT_OUT)
+    assert mklpath.why_not() is None
     monkeypatch.setattr(mklpath.sys, "platform", "darwin")
     assert mklpath.why_not() == "not Linux"
 
@@ -47,7 +49,7 @@ def test_no_compiler_no_library(monkeypatch, tmp_path):
 def test_no_restart_once_torch_is_loaded(monkeypatch):
     import torch  # noqa: F401 (loaded: a preload can no longer replace MKL's function)
 
-    monkeypatch.setenv(mklpath.OPT_OUT, "1")
+    monkeypatch.setenv(mklpath.SWITCH, "1")
     monkeypatch.delenv(mklpath._RESTARTED, raising=False)
     monkeypatch.setattr(mklpath.os, "execv", lambda *a: pytest.fail("restarted after torch loaded"))
     mklpath.restart_with_intel_path()
@@ -84,7 +86,7 @@ print(json.dumps({"status": intel_path_status(), "logits": logits.flatten().toli
 
 
 def _probe(tmp_path, choice: str) -> dict:
-    env = dict(os.environ, TOKENRL_CACHE=str(tmp_path), **{mklpath.OPT_OUT: choice})
+    env = dict(os.environ, TOKENRL_CACHE=str(tmp_path), **{mklpath.SWITCH: choice})
     env.pop(mklpath._RESTARTED, None)
     env.pop("LD_PRELOAD", None)
     out = subprocess.run(
@@ -107,7 +109,7 @@ def test_restart_takes_the_path_and_results_stay_the_same(tmp_path):
     default, intel = _probe(tmp_path, "0"), _probe(tmp_path, "1")
     assert default["status"] == {
         "active": False,
-        "why_not": "turned off (TOKENRL_MKL_INTEL_PATH=0)",
+        "why_not": mklpath.why_not(),  # not chosen (=0); the reason names the CPU
     }
     assert intel["status"] == {"active": True}
     assert intel["greedy"] == default["greedy"]

@@ -1,4 +1,4 @@
-"""MKL's Intel code path on AMD CPUs: a process-start switch, measured, recorded, with an opt-out.
+"""MKL's Intel code path on AMD CPUs: a process-start switch, chosen by the user, recorded.
 
 torch's x86 CPU wheels multiply fp32 matrices with Intel's MKL, which asks
 ``mkl_serv_intel_cpu_true()`` whether the CPU is Intel's and gives other vendors' CPUs a slower
@@ -7,17 +7,18 @@ code path. A one-function library that answers yes, preloaded before torch loads
 Measured (``benchmarks/mkl_path.py``, ``tokenrl bench step``; docs/benchmarks.md): on a 2-core
 AMD EPYC Zen 4, fp32 products at the trainer's shapes 1.05-3.0x faster, an fp32 RL step of the
 0.5B 1.3-1.7x; bf16 products unchanged (oneDNN, not MKL, runs them); on Zen 3 (issue #23) fp32
-products 1.4-2.2x. Results agree to float rounding (another summation order).
+products 1.4-2.2x. Results agree to float rounding only (another summation order): a run
+differs from the same run on MKL's own path as between two CPUs (on the Zen 4 the quickstart's
+accuracies moved by up to 16 points), so the path is opt-in.
 
-``tokenrl`` commands take this path on AMD CPUs: before torch is imported the command line
-builds the library once with the system's C compiler (into ``$TOKENRL_CACHE/mkl/``, by default
-``~/.cache/tokenrl/mkl/``) and restarts itself with it preloaded
-(:func:`restart_with_intel_path`). ``TOKENRL_MKL_INTEL_PATH=0`` turns this off, ``1`` turns it
-on for any CPU; without a C compiler nothing changes. Runs record whether it was in force
-(:func:`intel_path_status`, in ``machine_info``). Python programs that import tokenrl preload
-it before Python starts::
+With ``TOKENRL_MKL_INTEL_PATH=1`` the ``tokenrl`` command line, before torch is imported, builds
+the library once with the system's C compiler (into ``$TOKENRL_CACHE/mkl/``, by default
+``~/.cache/tokenrl/mkl/``) and restarts itself with it preloaded (:func:`restart_with_intel_path`);
+without a C compiler nothing changes. Unset or ``0``, MKL chooses as usual. Runs record whether
+it was in force (:func:`intel_path_status`, in ``machine_info``). Python programs that import
+tokenrl preload it before Python starts::
 
-    eval "$(python -m tokenrl.mklpath)"   # export LD_PRELOAD=...; nothing where not wanted
+    TOKENRL_MKL_INTEL_PATH=1 eval "$(python -m tokenrl.mklpath)"   # export LD_PRELOAD=...
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 """MKL's vendor check, answered yes (it is exported by torch's libtorch_cpu.so, so a preloaded
 definition takes its place)."""
 
-OPT_OUT = "TOKENRL_MKL_INTEL_PATH"
-"""Environment variable: ``0`` keeps MKL's own choice of code path; ``1`` takes the Intel path on
-any Linux CPU (other non-Intel x86 CPUs; on an Intel CPU it changes nothing); unset: AMD only."""
+SWITCH = "TOKENRL_MKL_INTEL_PATH"
+"""Environment variable: ``1`` takes the Intel path on any Linux CPU (on an Intel CPU it changes
+nothing); unset or ``0`` keeps MKL's own choice of code path."""
 
 _RESTARTED = "TOKENRL_MKL_INTEL_PATH_RESTARTED"
 """Set on the restarted process, so a failed preload never restarts it a second time."""
@@ -47,16 +48,13 @@ _RESTARTED = "TOKENRL_MKL_INTEL_PATH_RESTARTED"
 
 def why_not() -> str | None:
     """Why this process should not take the Intel path (a short reason), or None where it should."""
-    choice = os.environ.get(OPT_OUT, "").strip()
-    if choice == "0":
-        return f"turned off ({OPT_OUT}=0)"
+    if os.environ.get(SWITCH, "").strip() != "1":
+        vendor = cpu_vendor()
+        if vendor == "AuthenticAMD":
+            return f"not chosen ({SWITCH}=1 takes it: faster fp32, rounded differently)"
+        return f"not chosen, and not an AMD CPU ({vendor or 'unknown vendor'})"
     if not sys.platform.startswith("linux"):
         return "not Linux"
-    if choice == "1":
-        return None
-    vendor = cpu_vendor()
-    if vendor != "AuthenticAMD":
-        return f"not an AMD CPU ({vendor or 'unknown vendor'})"
     return None
 
 
