@@ -1,6 +1,7 @@
 """One RL step of a real model against the machine's physical bounds (issue #23).
 
-Measures, in the same process and run:
+Measures, in the same process and run (each algorithm in a fresh process of its own, as a training
+run has it, unless ``--one-process``):
 
 * the machine: fp32 GEMM FLOP/s (a large square product, all threads; also bf16 where the CPU
   has native bf16) and memory bandwidth (a streaming read of a 1 GiB tensor);
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -255,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "generate_bound_s": g_bound, "update_bound_s": u_bound, "decode_of_bound": g_bound / gen_s,
             "update_of_bound": u_bound / upd_s if upd_s and log.calls["update"] else None,
             "step_of_bound": (g_bound + u_bound) / step_s, "peak_rss_mb": m["memory/peak_rss_mb"],
-            "update_peak_cuda_mb": m.get("memory/peak_cuda_mb"),
+            "update_peak_cuda_mb": m.get("memory/peak_cuda_mb"), "pid": os.getpid(),
         })  # fmt: skip
         del tr, log, m
         if cuda:
@@ -265,6 +268,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "reward": reward.get("task.reward", "task"), "shape": shape,
             "settings": overrides,
             "costs": costs, "machine": machine, "versions": versions(), "algorithms": rows}  # fmt: skip
+
+
+def run_each(argv: list[str], algos: list[str]) -> dict[str, Any]:
+    """:func:`run` for each algorithm in a process of its own; one report, each row with the
+    machine rates its own process measured (its bounds use them)."""
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {}
+    for algo in algos:
+        child = [sys.executable, "-m", "benchmarks.step_bounds", *argv, "--algos", algo, "--json"]
+        done = subprocess.run(child, cwd=root, check=True, stdout=subprocess.PIPE, text=True)
+        report = json.loads(done.stdout)
+        (row,) = report["algorithms"]
+        row["machine"] = report["machine"]
+        out = out or {**report, "algorithms": []}
+        out["algorithms"].append(row)
+    out["processes"] = "each algorithm in its own"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,9 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a tokenrl train setting"
     )
+    ap.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run the algorithms one after the other in this process (default: each in a fresh "
+        "process, as a training run has it: what one leaves in the heap does not slow the next)",
+    )
     ap.add_argument("--json", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
-    out = run(args)
+    algos = args.algos.split(",")
+    out = run(args) if len(algos) == 1 or args.one_process else run_each(argv, algos)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

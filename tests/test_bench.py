@@ -277,6 +277,20 @@ def test_bench_step_reports_each_phase_against_the_machines_bounds(capsys):
     assert decoded == pytest.approx(shape["prompts"] * shape["group"] * shape["new_tokens"])
 
 
+def test_bench_step_runs_each_algorithm_in_a_process_of_its_own(capsys):
+    """Several algorithms: each runs in a fresh process (as training has it), one report."""
+    import os
+
+    argv = ["bench", "step", "--model", "tiny", "--task", "mult:2x1", "--algos", "grpo,tspmo",
+            "--threads", "1", "--warmup", "0", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    report = _run_json(capsys, argv)
+    assert report["processes"] == "each algorithm in its own"
+    rows = report["algorithms"]
+    assert [r["algo"] for r in rows] == ["grpo", "tspmo"]
+    assert len({r["pid"] for r in rows} | {os.getpid()}) == 3
+    assert all(r["machine"]["gemm_fp32_flops"] > 0 and r["step_s"] > 0 for r in rows)
+
+
 def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, tmp_path):
     """``random:FOLDER`` answers nothing right, so the bench gives it the tie-broken reward:
     every group has signal and the update is measured (with the task's reward it is skipped)."""
