@@ -289,6 +289,10 @@ def test_bench_step_runs_each_algorithm_in_a_process_of_its_own(capsys):
     assert [r["algo"] for r in rows] == ["grpo", "tspmo"]
     assert len({r["pid"] for r in rows} | {os.getpid()}) == 3
     assert all(r["machine"]["gemm_fp32_flops"] > 0 and r["step_s"] > 0 for r in rows)
+    together = _run_json(capsys, [*argv, "--one-process"])  # the old way: all in this process
+    assert "processes" not in together and {r["pid"] for r in together["algorithms"]} == {
+        os.getpid()
+    }
 
 
 def test_bench_step_on_a_random_weight_architecture_measures_an_update(capsys, tmp_path):

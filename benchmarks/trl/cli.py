@@ -88,6 +88,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a train setting"
     )
+    g.add_argument(
+        "--one-process",
+        action="store_true",
+        help="the algorithms one after the other in this process (default: each in its own)",
+    )
 
 
 def _gc(flag: str) -> bool | None:
@@ -121,6 +126,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
         argv += ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
         argv += [x for kv in args.set for x in ("--set", kv)] + (["--json"] if args.json else [])
+        argv += ["--one-process"] if args.one_process else []
         return step_main(argv)
     from benchmarks.trl.run import Settings, format_report, run_benchmarks, write_report
     from benchmarks.trl.workloads import DEFAULT_WORKLOADS, IMPLS, QUICK_WORKLOADS, get_workloads
