@@ -9,7 +9,7 @@ AMD EPYC Zen 4, fp32 products at the trainer's shapes 1.05-3.0x faster, an fp32 
 0.5B 1.3-1.7x; bf16 products unchanged (oneDNN, not MKL, runs them); on Zen 3 (issue #23) fp32
 products 1.4-2.2x. Results agree to float rounding only (another summation order): a run
 differs from the same run on MKL's own path as between two CPUs (on the Zen 4 the quickstart's
-accuracies moved by up to 16 points), so the path is opt-in.
+accuracies moved by 8 to 17 points), so the path is opt-in.
 
 With ``TOKENRL_MKL_INTEL_PATH=1`` the ``tokenrl`` command line, before torch is imported, builds
 the library once with the system's C compiler (into ``$TOKENRL_CACHE/mkl/``, by default
@@ -18,7 +18,7 @@ without a C compiler nothing changes. Unset or ``0``, MKL chooses as usual. Runs
 it was in force (:func:`intel_path_status`, in ``machine_info``). Python programs that import
 tokenrl preload it before Python starts::
 
-    TOKENRL_MKL_INTEL_PATH=1 eval "$(python -m tokenrl.mklpath)"   # export LD_PRELOAD=...
+    eval "$(TOKENRL_MKL_INTEL_PATH=1 python -m tokenrl.mklpath)"   # export LD_PRELOAD=...
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main() -> int:
     """``python -m tokenrl.mklpath``: print the shell line that preloads the library, if wanted."""
     reason = why_not()
     if reason is not None:
-        print(f"# tokenrl.mklpath: not needed here: {reason}", file=sys.stderr)
+        print(f"# tokenrl.mklpath: nothing to preload: {reason}", file=sys.stderr)
         return 0
     lib = library_path()
     if lib is None:
