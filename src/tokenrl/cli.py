@@ -249,7 +249,7 @@ def _unknown_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # a process of its own: on AMD CPUs, restart with MKL's Intel path
+    if argv is None:  # a process of its own: restart on MKL's Intel path if the user chose it
         restart_with_intel_path()
     argv = list(sys.argv[1:] if argv is None else argv)
     # before build_parser, which imports torch: the quickstart's warm-up runs alone on the cores

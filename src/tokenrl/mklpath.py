@@ -120,7 +120,8 @@ def _preload_with(lib: Path) -> str:
 def restart_with_intel_path() -> None:
     """Start this process again with the preload library, where :func:`why_not` allows and the
     library builds; returns (changing nothing) otherwise. Call before torch is imported."""
-    if "torch" in sys.modules or os.environ.get(_RESTARTED) or is_active() or why_not():
+    # why_not first: unless chosen, no command start reads /proc/self/maps
+    if "torch" in sys.modules or os.environ.get(_RESTARTED) or why_not() or is_active():
         return
     lib = library_path()
     os.environ[_RESTARTED] = "1"  # also where it does not build: is_active tells the rest
