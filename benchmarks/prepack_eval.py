@@ -1,9 +1,11 @@
-"""Evaluation's greedy decoding with and without pre-packed bf16 weights (tokenrl.packing).
+"""Evaluation's greedy decoding with and without one of the engine's CPU decode options.
 
-Runs :func:`tokenrl.evaluation.evaluate` on the task's first ``--problems`` test problems through
-the shared engine with ``prepack_weights`` off and on, alternated over ``--repeats`` after a
-warm-up of each; reports the median seconds, the speed-up and whether every completion is the
-same.
+``--option prepack_weights`` (the default): pre-packed bf16 weights (tokenrl.packing);
+``--option fp32_attention``: bf16 attention computed in fp32 (tokenrl.attention). Runs
+:func:`tokenrl.evaluation.evaluate` on the task's first ``--problems`` test problems through the
+shared engine with the option off and on (the other at its default), alternated over
+``--repeats`` after a warm-up of each; reports the median seconds, the speed-up, each side's
+accuracy and how many completions differ.
 
     python benchmarks/prepack_eval.py --model qwen2.5-coder-0.5b-instruct --task svamp \
         --style chat --problems 64 --max-new-tokens 256 --repeats 2 --threads 2 --json
@@ -40,6 +42,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--option", choices=("prepack_weights", "fp32_attention"), default="prepack_weights"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,28 +53,34 @@ def main() -> None:
     examples = task.examples("test")[: args.problems]
     seconds: dict[bool, list[float]] = {False: [], True: []}
     texts: dict[bool, list[str]] = {}
+    accuracy: dict[bool, float] = {}
     for rep in range(args.repeats + 1):  # the first round warms both up
         for packed in (False, True):
-            engine = make_engine("shared", lm.model, lm.tokenizer, prepack_weights=packed)
+            engine = make_engine("shared", lm.model, lm.tokenizer, **{args.option: packed})
             result = evaluate(
                 lm.model, lm.tokenizer, task, examples,
                 max_new_tokens=args.max_new_tokens, batch_size=64, engine=engine,
             )  # fmt: skip
             texts[packed] = [r["completion"] for r in result.records]
+            accuracy[packed] = result.accuracy
             if rep:
                 seconds[packed].append(result.seconds)
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
     report = {
         "model": args.model, "dtype": args.dtype, "task": args.task, "problems": len(examples),
-        "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens, "threads": args.threads, "option": args.option,
         "seconds_off": seconds[False], "seconds_on": seconds[True], "speedup": off / on,
-        "same_completions": texts[False] == texts[True], "machine": machine_info(),
+        "same_completions": texts[False] == texts[True],
+        "differing_completions": sum(a != b for a, b in zip(texts[False], texts[True])),
+        "accuracy_off": accuracy[False], "accuracy_on": accuracy[True], "machine": machine_info(),
     }  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(
-            f"off {off:.1f} s, on {on:.1f} s: {off / on:.2f}x; same: {report['same_completions']}"
+            f"{args.option} off {off:.1f} s, on {on:.1f} s: {off / on:.2f}x; "
+            f"{report['differing_completions']} completions differ; accuracy "
+            f"{accuracy[False]:.3f} off, {accuracy[True]:.3f} on"
         )
 
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from torch import nn
 
+from tokenrl.attention import fp32_attention
 from tokenrl.models import autocast, lora_merged
 from tokenrl.packing import packed_linears
 from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts
@@ -55,7 +56,8 @@ class HFEngine:
     its weight, :func:`tokenrl.models.lora_merged`) apply to sampled rollouts; greedy decoding
     (evaluation) runs in the weights' dtype with the adapter as it is. ``prepack_weights`` (both:
     bf16 weights on a CPU packed for oneDNN while decoding, :mod:`tokenrl.packing`; the same
-    tokens).
+    tokens). ``fp32_attention`` (both: bf16 attention on a CPU computed in fp32,
+    :mod:`tokenrl.attention`; faster, and rounded once instead of along the way).
     """
 
     model: nn.Module
@@ -64,6 +66,7 @@ class HFEngine:
     autocast: str | None = None
     merge_lora: bool = False
     prepack_weights: bool = True
+    fp32_attention: bool = True
 
     def generate(
         self,
@@ -96,6 +99,7 @@ class HFEngine:
             device = next(self.model.parameters()).device
             stack.enter_context(autocast(device, self.autocast))
         stack.enter_context(packed_linears(self.model, self.prepack_weights))  # after merging
+        stack.enter_context(fp32_attention(self.model, self.fp32_attention))
         return stack
 
 
@@ -108,7 +112,8 @@ def _hf(model: nn.Module, tokenizer, **options) -> Engine:
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"shared": _shared, "hf": _hf}
-"""Engine name -> factory ``(model, tokenizer, *, autocast, merge_lora, prepack_weights) -> Engine``."""
+"""Engine name -> factory ``(model, tokenizer, *, autocast, merge_lora, prepack_weights,
+fp32_attention) -> Engine``."""
 
 
 def make_engine(name: str, model: nn.Module, tokenizer, **options) -> Engine:

@@ -165,6 +165,7 @@ def build_trainer(
         autocast=AUTOCAST_DTYPES[cfg.model.autocast],
         merge_lora=cfg.rollout.merge_lora,
         prepack_weights=cfg.rollout.prepack_weights,
+        fp32_attention=cfg.rollout.fp32_attention,
     )
     return Trainer(
         cfg=cfg,
