@@ -1,7 +1,8 @@
 """Evaluation's greedy decoding with and without one of the engine's CPU decode options.
 
 ``--option prepack_weights`` (the default): pre-packed bf16 weights (tokenrl.packing);
-``--option fp32_attention``: bf16 attention computed in fp32 (tokenrl.attention). Runs
+``--option grouped_attention``: a bf16 decode step's attention in the stacked grouped-query
+layout (tokenrl.attention). Runs
 :func:`tokenrl.evaluation.evaluate` on the task's first ``--problems`` test problems through the
 shared engine with the option off and on (the other at its default), alternated over
 ``--repeats`` after a warm-up of each; reports the median seconds, the speed-up, each side's
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--option", choices=("prepack_weights", "fp32_attention"), default="prepack_weights"
+        "--option", choices=("prepack_weights", "grouped_attention"), default="prepack_weights"
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -1,5 +1,6 @@
-"""fp32 attention while decoding bf16 on a CPU (tokenrl.attention): applied to bf16 CPU calls
-only, closer to exact than the bf16 kernel, fp32 tokens unchanged, the table restored."""
+"""A bf16 decode step's attention in the stacked grouped-query layout (tokenrl.attention): only
+unmasked one-query bf16 CPU calls change, to the layout of a padded batch; fp32 tokens and
+padded batches unchanged; the table restored."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from tokenrl.attention import IMPLEMENTATION, fp32_attention, upcast, why_not_fp32_attention
+from tokenrl.attention import IMPLEMENTATION, grouped_attention, stacked, why_not_grouped
 from tokenrl.engines import make_engine
 from tokenrl.models import build_tiny
 from tokenrl.rollout import SamplingConfig
@@ -20,7 +21,6 @@ class _Heads(torch.nn.Module):
 
     num_key_value_groups = 2
     is_causal = True
-    training = False
 
 
 def _qkv(dtype: torch.dtype, queries: int = 1, keys: int = 37):
@@ -30,91 +30,115 @@ def _qkv(dtype: torch.dtype, queries: int = 1, keys: int = 37):
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-def test_upcast_hands_bf16_cpu_calls_fp32_and_others_through():
+def test_only_unmasked_one_query_bf16_calls_get_a_mask():
     seen = []
 
     def attend(module, q, k, v, mask, **kw):
-        seen.append((q.dtype, k.dtype, v.dtype, None if mask is None else mask.dtype))
-        return q * 2, None
+        seen.append(None if mask is None else (mask.dtype, tuple(mask.shape), bool(mask.all())))
+        return q, None
 
-    wrapped = upcast(attend)
+    wrapped = stacked(attend)
     q, k, v = _qkv(torch.bfloat16)
-    additive = torch.zeros(3, 1, 1, 37, dtype=torch.bfloat16)
-    out, _ = wrapped(None, q, k, v, additive)
-    assert seen[-1] == (torch.float32,) * 4  # an additive mask is cast with them
-    assert out.dtype == torch.bfloat16 and torch.equal(out, q * 2)
-    q32, k32, v32 = _qkv(torch.float32)
-    out, _ = wrapped(None, q32, k32, v32, None)
-    assert seen[-1] == (torch.float32,) * 3 + (None,) and torch.equal(out, q32 * 2)
+    wrapped(_Heads(), q, k, v, None)
+    assert seen[-1] == (torch.bool, (3, 1, 1, 37), True)  # all keys visible, as without one
+    mask = torch.zeros(3, 1, 1, 37, dtype=torch.bool)
+    wrapped(_Heads(), q, k, v, mask)  # a padded batch's mask is passed on as it is
+    assert seen[-1] == (torch.bool, (3, 1, 1, 37), False)
+    for args in (
+        _qkv(torch.float32),  # fp32: as it was
+        _qkv(torch.bfloat16, queries=5),  # a prefill or the update's forward
+    ):
+        wrapped(_Heads(), *args, None)
+        assert seen[-1] is None
+    no_gqa = _Heads()
+    no_gqa.num_key_value_groups = 1
+    wrapped(no_gqa, q, k, v, None)
+    assert seen[-1] is None
 
 
-def test_upcast_attention_is_closer_to_exact_than_the_bf16_kernel():
+def test_the_stacked_layout_gives_the_attention_to_bf16_rounding():
     q, k, v = _qkv(torch.bfloat16)
     exact = F.scaled_dot_product_attention(
         q.double(), k.double().repeat_interleave(2, 1), v.double().repeat_interleave(2, 1)
-    )
-    mask = torch.ones(3, 1, 1, 37, dtype=torch.bool)
-    plain, _ = sdpa_attention_forward(_Heads(), q, k, v, mask)
-    fp32, _ = upcast(sdpa_attention_forward)(_Heads(), q, k, v, mask)
-    assert fp32.dtype == plain.dtype == torch.bfloat16
-    # transformers' sdpa returns [batch, queries, heads, dims]: compare in the same layout
-    exact = exact.transpose(1, 2)
-    err_fp32 = (fp32.double() - exact).abs().mean()
-    err_plain = (plain.double() - exact).abs().mean()
-    assert err_fp32 <= err_plain
-    # fp32 attention rounded once: each output is the bf16 value nearest the fp32 result
-    ref, _ = sdpa_attention_forward(_Heads(), q.float(), k.float(), v.float(), mask)
-    assert torch.equal(fp32, ref.bfloat16())
+    ).transpose(1, 2)  # transformers' sdpa returns [batch, queries, heads, dims]
+    plain, _ = sdpa_attention_forward(_Heads(), q, k, v, None)  # enable_gqa
+    grouped, _ = stacked(sdpa_attention_forward)(_Heads(), q, k, v, None)
+    assert grouped.dtype == plain.dtype == torch.bfloat16 and grouped.shape == plain.shape
+    for out in (plain, grouped):  # within a few bf16 steps of the exact values
+        torch.testing.assert_close(out.double(), exact, atol=2e-2, rtol=2e-2)
+    # and exactly what a padded batch's call computes: the stacked [3, 2, 2, 16] layout
+    by_hand = F.scaled_dot_product_attention(q.reshape(3, 2, 2, 16), k, v)
+    assert torch.equal(grouped, by_hand.reshape(3, 4, 1, 16).transpose(1, 2))
 
 
 def test_the_block_replaces_only_sdpa_and_restores_it():
     model, _ = build_tiny("tiny", dtype=torch.bfloat16)
-    assert why_not_fp32_attention(model) is None
+    assert why_not_grouped(model) is None
     before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
-    with fp32_attention(model) as on:
-        assert on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].upcasts is before
-        with fp32_attention(model) as inner:  # nested: no second wrapper
-            assert inner and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].upcasts is before
-        assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].upcasts is before
+    with grouped_attention(model) as on:
+        assert on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].wraps is before
+        with grouped_attention(model) as inner:  # nested: no second wrapper
+            assert inner and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].wraps is before
+        assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION].wraps is before
     assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
-    with pytest.raises(RuntimeError), fp32_attention(model):
+    with pytest.raises(RuntimeError), grouped_attention(model):
         raise RuntimeError("a failed generation")
     assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
-    with fp32_attention(model, enabled=False) as on:
+    with grouped_attention(model, enabled=False) as on:
         assert not on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
 
 
 def test_another_attention_implementation_is_left_alone():
     model, _ = build_tiny("tiny", dtype=torch.bfloat16)
     model.config._attn_implementation = "eager"
-    assert "'eager'" in why_not_fp32_attention(model)
+    assert "'eager'" in why_not_grouped(model)
     before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
-    with fp32_attention(model) as on:
+    with grouped_attention(model) as on:
         assert not on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
 
 
-def _tokens(model, tok, on: bool, greedy: bool) -> torch.Tensor:
-    engine = make_engine("shared", model, tok, fp32_attention=on)
-    prompts = [list(b"12*3="), list(b"7*80="), list(b"100*2=")]  # different lengths: padding
+def _tokens(model, tok, on: bool, greedy: bool, prompts: list[bytes]) -> torch.Tensor:
+    engine = make_engine("shared", model, tok, grouped_attention=on)
     sampling = SamplingConfig(max_new_tokens=8, greedy=greedy)
-    batch = engine.generate(prompts, sampling, group_size=1 if greedy else 4, seeds=[1, 2, 3])
+    batch = engine.generate(
+        [list(p) for p in prompts], sampling, group_size=1 if greedy else 4,
+        seeds=list(range(len(prompts))),
+    )  # fmt: skip
     return batch.completion_ids
 
 
+EQUAL = [b"12*3=", b"7*80=", b"99*2="]  # the same length: no padding, no mask
+PADDED = [b"12*3=", b"7*80=", b"100*2="]
+
+
 @pytest.mark.parametrize("greedy", [False, True])
-def test_fp32_models_sample_bitwise_the_same_tokens(greedy):
+@pytest.mark.parametrize("prompts", [EQUAL, PADDED], ids=["equal", "padded"])
+def test_fp32_models_and_padded_batches_give_bitwise_the_same_tokens(greedy, prompts):
     model, tok = build_tiny("tiny", dtype=torch.float32)
-    assert torch.equal(_tokens(model, tok, True, greedy), _tokens(model, tok, False, greedy))
-
-
-def test_a_bf16_model_generates_with_it_and_its_logits_stay_close():
+    on, off = (_tokens(model, tok, x, greedy, prompts) for x in (True, False))
+    assert torch.equal(on, off)
     model, tok = build_tiny("tiny", dtype=torch.bfloat16)
-    ids = torch.tensor([list(b"123*45=")])
-    with torch.no_grad():
-        plain = model(input_ids=ids).logits.float()
-        with fp32_attention(model):
-            fp32 = model(input_ids=ids).logits.float()
-    assert not torch.equal(plain, fp32)  # it did run another kernel
-    torch.testing.assert_close(fp32, plain, atol=0.05, rtol=0.05)
-    out = _tokens(model, tok, True, greedy=False)
-    assert out.shape == (12, 8)
+    if prompts is PADDED:  # a mask already: the stacked layout either way
+        on, off = (_tokens(model, tok, x, greedy, prompts) for x in (True, False))
+        assert torch.equal(on, off)
+
+
+def test_an_unpadded_bf16_decode_step_takes_the_stacked_layout():
+    model, tok = build_tiny("tiny", dtype=torch.bfloat16)
+    calls = []
+    before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+
+    def spy(module, q, k, v, mask, *a, **kw):
+        calls.append((q.shape[2], mask is None))
+        return before(module, q, k, v, mask, *a, **kw)
+
+    ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] = spy
+    try:
+        for on in (False, True):
+            calls.clear()
+            _tokens(model, tok, on, True, EQUAL)
+            decode = [no_mask for queries, no_mask in calls if queries == 1]
+            assert decode and (not any(decode) if on else all(decode))  # on: every step a mask
+    finally:
+        del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+    assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before

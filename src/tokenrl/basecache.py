@@ -87,7 +87,7 @@ def base_eval_key(tr: Any) -> dict[str, Any] | None:
             "max_new_tokens": cfg.rollout.max_new_tokens,
             "batch_size": cfg.rollout.batch_size,
             "engine": cfg.rollout.engine,
-            "fp32_attention": cfg.rollout.fp32_attention,  # rounds bf16 attention otherwise
+            "grouped_attention": cfg.rollout.grouped_attention,  # rounds bf16 otherwise
         },
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(),

@@ -41,12 +41,13 @@ class RolloutConfig:
     32 rows on an AMD EPYC Zen 4, for a second copy of the bf16 weights while generating. No
     effect on GPUs or fp32 weights. Evaluation's greedy decoding uses it too."""
 
-    fp32_attention: bool = True
-    """On a CPU, decode a bf16 model with its attention computed in fp32 (tokenrl.attention):
-    torch's bf16 CPU attention kernel took 5x as long as its fp32 one at a decode step's shapes on
-    an AMD EPYC Zen 4, and it rounds along the way; in fp32 the output is rounded to bf16 once, so
-    the tokens can differ from bf16 attention's. No effect on GPUs, fp32 models or the update.
-    Evaluation's greedy decoding uses it too."""
+    grouped_attention: bool = True
+    """On a CPU, a bf16 decode step of a grouped-query model (Qwen2) attends with each key/value
+    head's query heads stacked as one block, the layout transformers takes for padded batches,
+    also where no row is padded (equal-length prompts, one prompt; tokenrl.attention): torch's
+    bf16 kernel took 10x as long in the other layout (enable_gqa) on an AMD EPYC Zen 4. Rounded
+    alike, but the tokens can differ from that layout's. No effect on GPUs, fp32 models, padded
+    batches or the update. Evaluation's greedy decoding uses it too."""
 
     engine: str = "shared"
     """How completions are sampled (tokenrl.engines): shared (each distinct prompt + completion-so-far

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from torch import nn
 
-from tokenrl.attention import fp32_attention
+from tokenrl.attention import grouped_attention
 from tokenrl.models import autocast, lora_merged
 from tokenrl.packing import packed_linears
 from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts
@@ -56,8 +56,8 @@ class HFEngine:
     its weight, :func:`tokenrl.models.lora_merged`) apply to sampled rollouts; greedy decoding
     (evaluation) runs in the weights' dtype with the adapter as it is. ``prepack_weights`` (both:
     bf16 weights on a CPU packed for oneDNN while decoding, :mod:`tokenrl.packing`; the same
-    tokens). ``fp32_attention`` (both: bf16 attention on a CPU computed in fp32,
-    :mod:`tokenrl.attention`; faster, and rounded once instead of along the way).
+    tokens). ``grouped_attention`` (both: a bf16 decode step's attention on a CPU
+    in the stacked grouped-query layout, :mod:`tokenrl.attention`).
     """
 
     model: nn.Module
@@ -66,7 +66,7 @@ class HFEngine:
     autocast: str | None = None
     merge_lora: bool = False
     prepack_weights: bool = True
-    fp32_attention: bool = True
+    grouped_attention: bool = True
 
     def generate(
         self,
@@ -99,7 +99,7 @@ class HFEngine:
             device = next(self.model.parameters()).device
             stack.enter_context(autocast(device, self.autocast))
         stack.enter_context(packed_linears(self.model, self.prepack_weights))  # after merging
-        stack.enter_context(fp32_attention(self.model, self.fp32_attention))
+        stack.enter_context(grouped_attention(self.model, self.grouped_attention))
         return stack
 
 
@@ -113,7 +113,7 @@ def _hf(model: nn.Module, tokenizer, **options) -> Engine:
 
 ENGINES: dict[str, Callable[..., Engine]] = {"shared": _shared, "hf": _hf}
 """Engine name -> factory ``(model, tokenizer, *, autocast, merge_lora, prepack_weights,
-fp32_attention) -> Engine``."""
+grouped_attention) -> Engine``."""
 
 
 def make_engine(name: str, model: nn.Module, tokenizer, **options) -> Engine:

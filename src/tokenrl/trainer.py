@@ -165,7 +165,7 @@ def build_trainer(
         autocast=AUTOCAST_DTYPES[cfg.model.autocast],
         merge_lora=cfg.rollout.merge_lora,
         prepack_weights=cfg.rollout.prepack_weights,
-        fp32_attention=cfg.rollout.fp32_attention,
+        grouped_attention=cfg.rollout.grouped_attention,
     )
     return Trainer(
         cfg=cfg,
