@@ -142,3 +142,29 @@ def test_an_unpadded_bf16_decode_step_takes_the_stacked_layout():
     finally:
         del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
     assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
+
+
+def test_the_generate_command_decodes_through_the_engine(capsys):
+    from tokenrl.cli import main
+
+    model, tok = build_tiny("tiny", dtype=torch.bfloat16)
+    calls = []
+    before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+
+    def spy(module, q, k, v, mask, *a, **kw):
+        calls.append(q.shape[2] == 1 and mask is not None)
+        return before(module, q, k, v, mask, *a, **kw)
+
+    ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] = spy
+    try:
+        argv = ["--model", "tiny", "--dtype", "bf16", "--prompt", "12*3=", "--max-new-tokens", "6"]
+        assert main(["generate", *argv]) == 0
+    finally:
+        del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+    assert any(calls)  # one prompt, no padding: its decode steps got the engine's mask
+    printed = capsys.readouterr().out.split("\n", 1)[1].rstrip("\n")
+    ids = [tok("12*3=", add_special_tokens=False)["input_ids"]]
+    batch = make_engine("shared", model, tok).generate(
+        ids, SamplingConfig(max_new_tokens=6, greedy=True)
+    )
+    assert printed == batch.texts[0]

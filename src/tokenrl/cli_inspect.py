@@ -57,8 +57,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from tokenrl.engines import make_engine
     from tokenrl.models import load_model
-    from tokenrl.rollout import SamplingConfig, generate_rollouts
+    from tokenrl.rollout import SamplingConfig
 
     if args.samples < 1 or args.max_new_tokens < 1:
         raise UsageError("--samples and --max-new-tokens must be at least 1")
@@ -77,7 +78,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         greedy=args.samples == 1,
     )
     torch.manual_seed(args.seed)
-    batch = generate_rollouts(lm.model, tok, [prompt], sampling, group_size=args.samples)
+    ids = [tok(prompt, add_special_tokens=False)["input_ids"]]
+    engine = make_engine("shared", lm.model, tok)  # the trainer's and evaluation's CPU decode
+    batch = engine.generate(ids, sampling, group_size=args.samples)
     for i, text in enumerate(batch.texts):
         flag = " [truncated]" if batch.truncated[i] else ""
         print(f"--- sample {i + 1}{flag}" if args.samples > 1 else f"---{flag}")
