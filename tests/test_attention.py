@@ -97,6 +97,17 @@ def test_another_attention_implementation_is_left_alone():
         assert not on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
 
 
+def test_a_transformers_without_the_stacked_layout_is_left_alone(monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    model, _ = build_tiny("tiny", dtype=torch.bfloat16)
+    monkeypatch.delattr(sdpa_attention, "pack_gqa")
+    assert "pack_gqa" in why_not_grouped(model)
+    before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+    with grouped_attention(model) as on:
+        assert not on and ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
+
+
 def _tokens(model, tok, on: bool, greedy: bool, prompts: list[bytes]) -> torch.Tensor:
     engine = make_engine("shared", model, tok, grouped_attention=on)
     sampling = SamplingConfig(max_new_tokens=8, greedy=greedy)

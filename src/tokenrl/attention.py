@@ -37,9 +37,14 @@ def why_not_grouped(model: nn.Module) -> str | None:
     if impl != IMPLEMENTATION:
         return f"the model's attention is {impl!r}, not {IMPLEMENTATION!r}"
     try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: F401
+        from transformers.integrations import sdpa_attention
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     except ImportError:
         return "this transformers has no attention table"
+    if not hasattr(ALL_ATTENTION_FUNCTIONS, "_local_mapping"):
+        return "this transformers' attention table has no entries of its own to set and remove"
+    if not hasattr(sdpa_attention, "pack_gqa"):  # a mask would not give the stacked layout
+        return "this transformers' sdpa does not stack a masked query's heads (no pack_gqa)"
     return None
 
 
@@ -74,8 +79,8 @@ def grouped_attention(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
         return
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as table
 
-    local = getattr(table, "_local_mapping", {})  # this table's own entries (over the globals)
-    had_own, before = IMPLEMENTATION in local, table[IMPLEMENTATION]
+    # the table's own entries (set and deleted by item) lie over the global ones
+    had_own, before = IMPLEMENTATION in table._local_mapping, table[IMPLEMENTATION]
     if hasattr(before, "wraps"):  # already inside such a block: nothing to add
         yield True
         return
