@@ -46,8 +46,9 @@ class RolloutConfig:
     head's query heads stacked as one block, the layout transformers takes for padded batches,
     also where no row is padded (equal-length prompts, one prompt; tokenrl.attention): torch's
     bf16 kernel took 10x as long in the other layout (enable_gqa) on an AMD EPYC Zen 4. Rounded
-    alike, but the tokens can differ from that layout's. No effect on GPUs, fp32 models, padded
-    batches or the update. Evaluation's greedy decoding uses it too."""
+    alike, but the tokens can differ from that layout's. No effect on GPUs, padded batches, the
+    update, or fp32 models (unless sampled under model.autocast: bf16). Evaluation's greedy
+    decoding uses it too."""
 
     engine: str = "shared"
     """How completions are sampled (tokenrl.engines): shared (each distinct prompt + completion-so-far
