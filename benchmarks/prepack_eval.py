@@ -56,16 +56,16 @@ def main() -> None:
     texts: dict[bool, list[str]] = {}
     accuracy: dict[bool, float] = {}
     for rep in range(args.repeats + 1):  # the first round warms both up
-        for packed in (False, True):
-            engine = make_engine("shared", lm.model, lm.tokenizer, **{args.option: packed})
+        for enabled in (False, True):
+            engine = make_engine("shared", lm.model, lm.tokenizer, **{args.option: enabled})
             result = evaluate(
                 lm.model, lm.tokenizer, task, examples,
                 max_new_tokens=args.max_new_tokens, batch_size=64, engine=engine,
             )  # fmt: skip
-            texts[packed] = [r["completion"] for r in result.records]
-            accuracy[packed] = result.accuracy
+            texts[enabled] = [r["completion"] for r in result.records]
+            accuracy[enabled] = result.accuracy
             if rep:
-                seconds[packed].append(result.seconds)
+                seconds[enabled].append(result.seconds)
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
     report = {
         "model": args.model, "dtype": args.dtype, "task": args.task, "problems": len(examples),

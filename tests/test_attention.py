@@ -134,9 +134,11 @@ def test_fp32_models_and_padded_batches_give_bitwise_the_same_tokens(greedy, pro
         assert torch.equal(on, off)
 
 
-def test_an_unpadded_bf16_decode_step_takes_the_stacked_layout():
-    model, tok = build_tiny("tiny", dtype=torch.bfloat16)
-    calls = []
+@pytest.fixture
+def attention_calls():
+    """(queries, whether without a mask) of each sdpa call the model makes, recorded by an entry
+    of the attention table's own under any the engine adds; the table as before afterwards."""
+    calls: list[tuple[int, bool]] = []
     before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
 
     def spy(module, q, k, v, mask, *a, **kw):
@@ -144,35 +146,28 @@ def test_an_unpadded_bf16_decode_step_takes_the_stacked_layout():
         return before(module, q, k, v, mask, *a, **kw)
 
     ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] = spy
-    try:
-        for on in (False, True):
-            calls.clear()
-            _tokens(model, tok, on, True, EQUAL)
-            decode = [no_mask for queries, no_mask in calls if queries == 1]
-            assert decode and (not any(decode) if on else all(decode))  # on: every step a mask
-    finally:
-        del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
+    yield calls
+    del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
     assert ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] is before
 
 
-def test_the_generate_command_decodes_through_the_engine(capsys):
+def test_an_unpadded_bf16_decode_step_takes_the_stacked_layout(attention_calls):
+    model, tok = build_tiny("tiny", dtype=torch.bfloat16)
+    for on in (False, True):
+        attention_calls.clear()
+        _tokens(model, tok, on, True, EQUAL)
+        decode = [no_mask for queries, no_mask in attention_calls if queries == 1]
+        assert decode and (not any(decode) if on else all(decode))  # on: every step a mask
+
+
+def test_the_generate_command_decodes_through_the_engine(capsys, attention_calls):
     from tokenrl.cli import main
 
     model, tok = build_tiny("tiny", dtype=torch.bfloat16)
-    calls = []
-    before = ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
-
-    def spy(module, q, k, v, mask, *a, **kw):
-        calls.append(q.shape[2] == 1 and mask is not None)
-        return before(module, q, k, v, mask, *a, **kw)
-
-    ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION] = spy
-    try:
-        argv = ["--model", "tiny", "--dtype", "bf16", "--prompt", "12*3=", "--max-new-tokens", "6"]
-        assert main(["generate", *argv]) == 0
-    finally:
-        del ALL_ATTENTION_FUNCTIONS[IMPLEMENTATION]
-    assert any(calls)  # one prompt, no padding: its decode steps got the engine's mask
+    argv = ["--model", "tiny", "--dtype", "bf16", "--prompt", "12*3=", "--max-new-tokens", "6"]
+    assert main(["generate", *argv]) == 0
+    # one prompt, no padding: its decode steps got the engine's mask
+    assert any(queries == 1 and not no_mask for queries, no_mask in attention_calls)
     printed = capsys.readouterr().out.split("\n", 1)[1].rstrip("\n")
     ids = [tok("12*3=", add_special_tokens=False)["input_ids"]]
     batch = make_engine("shared", model, tok).generate(
