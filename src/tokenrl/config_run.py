@@ -118,6 +118,21 @@ class OptimConfig:
     """Run each group's prompt through the model once in the update (KV cache copied to its rows),
     not once per completion: the same log-probs, fewer tokens; off under gradient checkpointing."""
 
+    score_attention: bool = True
+    """On a CPU, the update's bf16 attention over short sequences (query x key positions up to
+    32,768, e.g. a 100-token prompt, or 64 completion tokens after it) is computed by explicit
+    products with fp32 scores (tokenrl.attention) instead of torch's flash kernel, whose backward
+    took 2-6x as long at the trainer's SVAMP shapes on an AMD EPYC Zen 4. The same memory (scores
+    recomputed in backward); the gradients agree to bf16 rounding (closer to exact than the
+    kernel's), not bitwise. No effect on GPUs, fp32 models or sampling."""
+
+    fused_lora: bool = True
+    """In the update, each plain LoRA linear layer adds its adapter inside one addmm,
+    addmm(W x, A x, B^T, alpha=s), instead of peft's product, scaling and add
+    (tokenrl.fusedlora): bitwise the same log-probs and gradients (tested), fewer passes over
+    [tokens, out] tensors. Layers peft computes otherwise (DoRA, adapter biases, autocast) keep
+    peft's forward."""
+
     max_nonfinite_steps: int = 5
     """Stop the run after this many optimiser updates in a row were skipped for a non-finite loss or
     gradient (0 = never stop)."""

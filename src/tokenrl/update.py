@@ -6,7 +6,9 @@ import torch
 
 from tokenrl.algorithms.logprobs import completion_logprobs, reference_logprobs
 from tokenrl.algorithms.losses import LossInputs, policy_loss
+from tokenrl.attention import score_attention
 from tokenrl.config import AUTOCAST_DTYPES
+from tokenrl.fusedlora import fused_lora
 from tokenrl.models import autocast
 from tokenrl.rollout import RolloutBatch, select_rows
 from tokenrl.trainer import Trainer
@@ -52,25 +54,31 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
         loss_finite = True
         for j, rows in enumerate(micro):
             sub, sub_inputs = select_rows(batch, rows), inputs.select_rows(rows)
-            with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # the forward only
-                logp = completion_logprobs(
-                    tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt
-                )  # [b, T]
-                if algo_cfg.beta > 0 and j not in ref_logp:
-                    ref_logp[j] = reference_logprobs(
+            # forward and backward: a checkpointed layer recomputes its forward in backward
+            with (
+                score_attention(tr.model, cfg.optim.score_attention),
+                fused_lora(tr.model, cfg.optim.fused_lora),
+            ):
+                with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # forward only
+                    logp = completion_logprobs(
                         tr.model, sub, sub_inputs.logprob_mask, share_prompt=cfg.optim.share_prompt
-                    )
-            loss, m = policy_loss(
-                logp,
-                old_logp.get(j),  # None on the first inner update: ratio pi / sg(pi)
-                sub_inputs,
-                clip_low=algo_cfg.clip_low,
-                clip_high=algo_cfg.clip_high,
-                beta=algo_cfg.beta,
-                ref_logp=ref_logp.get(j),
-            )
-            loss_finite = loss_finite and bool(torch.isfinite(loss))
-            loss.backward()
+                    )  # [b, T]
+                    if algo_cfg.beta > 0 and j not in ref_logp:
+                        ref_logp[j] = reference_logprobs(
+                            tr.model, sub, sub_inputs.logprob_mask,
+                            share_prompt=cfg.optim.share_prompt,
+                        )  # fmt: skip
+                loss, m = policy_loss(
+                    logp,
+                    old_logp.get(j),  # None on the first inner update: ratio pi / sg(pi)
+                    sub_inputs,
+                    clip_low=algo_cfg.clip_low,
+                    clip_high=algo_cfg.clip_high,
+                    beta=algo_cfg.beta,
+                    ref_logp=ref_logp.get(j),
+                )
+                loss_finite = loss_finite and bool(torch.isfinite(loss))
+                loss.backward()
             if inner == 0 and cfg.optim.inner_updates > 1:
                 old_logp[j] = logp.detach()  # the rollout policy, for the PPO ratio later
             if inner == cfg.optim.inner_updates - 1:
