@@ -48,9 +48,9 @@ def _case(B=3, Lq=5, Lk=9, pads=(0, 2, 4), seed=0):
     k, v = (torch.randn(B, 2, Lk, 16, generator=g).bfloat16() for _ in range(2))
     grad = torch.randn(B, 4, Lq, 16, generator=g).bfloat16()
     keys, queries = torch.arange(Lk), torch.arange(Lk - Lq, Lk)
-    mask = (keys[None, :] <= queries[:, None])[None, None] & (
-        keys >= torch.tensor(pads)[:, None]
-    )[:, None, None, :]
+    mask = (keys[None, :] <= queries[:, None])[None, None] & (keys >= torch.tensor(pads)[:, None])[
+        :, None, None, :
+    ]
     return q, k, v, mask, grad
 
 
@@ -158,10 +158,11 @@ def test_other_calls_pass_through(counted):
     wrapped(_Heads(), q.float(), k.float(), v.float(), mask)  # fp32
     wrapped(_Heads(), q, k, v, mask, dropout=0.1)
     wrapped(_Heads(), q, k, v, mask.float())  # an additive mask
+    wrapped(_Heads(), q, k[:, :, :8], v[:, :, :8], mask)  # a mask wider than the keys
     big = _case(B=1, Lq=2, Lk=SCORE_POSITIONS // 2 + 1, pads=(0,))
     wrapped(_Heads(), big[0].requires_grad_(), *big[1:4])  # too many positions
     wrapped(_Heads(), q[:, :, :4], k[:, :, :7], v[:, :, :7], None)  # causal, Lq < Lk, no mask
-    assert len(counted) == 1 and len(seen) == 6
+    assert len(counted) == 1 and len(seen) == 7
 
 
 def test_update_gradients_as_with_the_kernel(counted):

@@ -16,11 +16,12 @@ with a function that hands every call it does not change on to the entry it repl
   layout, as it does for a padded batch: the same values to bf16 rounding (both kernels round
   the same way, 62% of outputs the correctly rounded ones in that measurement), but the tokens
   can differ from those of the ``enable_gqa`` layout.
-* :func:`score_attention` (``optim.score_attention``), around the update's forward. torch's bf16
-  flash kernel on a CPU takes about 9 ms for the backward of a layer's attention however small
-  it is (T-SPMO's 13 rows x 6 completion tokens, three 98-token prompts); for short sequences
-  (:data:`SCORE_POSITIONS`) :class:`ScoreAttention` computes the same attention by explicit
-  products, in fp32 where it matters, 2-6x faster with its backward on the same machine.
+* :func:`score_attention` (``optim.score_attention``), around the update's forward and
+  backward. torch's bf16 flash kernel on a CPU takes about 9 ms for a layer's attention with its
+  backward however small the call (T-SPMO's 13 rows x 6 completion tokens, three 98-token
+  prompts); for short sequences (:data:`SCORE_POSITIONS`) :class:`ScoreAttention` computes the
+  same attention by explicit products, in fp32 where it matters, 1.3-2x faster with its backward
+  on the same machine (``benchmarks/update_kernels.py``).
 
 fp32 and fp16 tensors, GPUs and calls outside the blocks are untouched.
 """
@@ -39,9 +40,9 @@ IMPLEMENTATION = "sdpa"
 
 SCORE_POSITIONS = 32768
 """Most query x key positions of a call :func:`score_attention` computes by explicit products.
-On a 2-core AMD EPYC Zen 4 (torch 2.13, bf16, forward and backward) they were 1.5-6x faster than
-the flash kernel up to 64 x 300 positions, as fast at 300 x 300, and slower at 200 x 300
-(docs/lab/stop-36.md)."""
+On a 2-core AMD EPYC Zen 4 (torch 2.13, bf16, forward and backward; benchmarks/update_kernels.py)
+they were 1.3-2x faster than the flash kernel at the trainer's SVAMP shapes (up to 57 x 170) and
+at 16 x 300, as fast at 64 x 300, and 1.4-1.5x slower at 200 x 300 and 300 x 300."""
 
 SCORE_CHUNK = 1 << 20
 """Query-head x query x key scores computed at once (rows are split to stay below it): a fp32
@@ -161,6 +162,7 @@ def _allowed(module, query, key, attention_mask, is_causal) -> tuple[bool, torch
             and attention_mask.dim() == 4
             and attention_mask.shape[1] == 1
             and attention_mask.shape[0] in (1, query.shape[0])
+            and tuple(attention_mask.shape[2:]) == (Lq, Lk)
         )
         return ok, attention_mask
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)

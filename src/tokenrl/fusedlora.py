@@ -5,12 +5,15 @@ peft computes a LoRA-adapted linear layer in training as
 
     y = W x + s * B (A x),   s = alpha / r
 
-in four steps: the base product, the adapter's two products, a product by s and an add, each
-writing a fresh [tokens, out] tensor (in fp32 for a bf16 model whose adapter is fp32). Within
-:func:`fused_lora` the last three are one ``addmm``: ``addmm(W x, A x, B^T, alpha=s)``, which on
-a CPU gave bitwise the same outputs and gradients as peft's steps (tests/test_fusedlora.py) and
-took a layer of the 0.5B's update from 28.4 to 24.6 ms (gate/up projections, 420 tokens, bf16
-base with fp32 adapter, forward and backward, 2-core AMD EPYC Zen 4; docs/lab/stop-36.md).
+in five steps: the base product, the adapter's two products, a product by s and an add, the
+last three each writing a fresh [tokens, out] tensor (in fp32 for a bf16 model whose adapter is
+fp32). Within :func:`fused_lora` those three are one ``addmm``: ``addmm(W x, A x, B^T, alpha=s)``, which on
+a CPU gave bitwise the same outputs and gradients as peft's steps (tests/test_fusedlora.py).
+Alone, a layer of the 0.5B's update (420 tokens, bf16 base with an fp32 adapter, forward and
+backward) went from 24.4 to 23.2 ms (gate/up projections) and 6.2 to 5.6 ms (q/o) on a 2-core
+AMD EPYC Zen 4 (benchmarks/update_kernels.py); in the SVAMP step, GRPO's and S-GRPO's peak
+resident memory fell by 0.9-1.0 GB with this and ``optim.score_attention``, 0.1 GB of it with
+the latter alone (docs/benchmarks.md).
 
 Applies to peft ``Linear`` LoRA layers with one active plain adapter (no DoRA or other variant,
 no adapter bias), outside autocast (where peft's steps round in bf16 one by one); any other
