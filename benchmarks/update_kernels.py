@@ -1,14 +1,15 @@
 """The update's attention and LoRA layers on their own, at the 0.5B's shapes: torch's kernel or
-peft's steps against ``optim.score_attention`` and ``optim.fused_lora``.
+peft's steps against ``optim.score_attention`` and ``optim.inplace_lora``.
 
 * attention (forward and backward, bf16, 14 query heads over 2 key/value heads, 64 dims, a
   left-padded causal mask): torch's ``scaled_dot_product_attention`` (the flash kernel on a CPU)
   against :class:`tokenrl.attention.ScoreAttention` as the update calls it (rows split into
   blocks), with each one's relative error against float64 for the output and the three input
   gradients;
-* a LoRA layer (forward and backward, bf16 base weight, fp32 rank-16 adapter): the base product
-  alone, peft's steps (``result + lora_B(lora_A(x)) * scaling``) and the fused ``addmm``, and
-  whether the last two agree bitwise.
+* a LoRA layer (forward and backward, bf16 base weight, fp32 rank-16 adapter, the trainer's
+  scaling 2): the base product alone, peft's steps (``result + lora_B(lora_A(x)) * scaling``),
+  the same in place (``optim.inplace_lora``) and one ``addmm`` (tried, not kept), and whether
+  each agrees bitwise with peft at scaling 2 and at 8/3.
 
 Best of ``--repeats`` after a warm-up, milliseconds, in one process:
 
@@ -106,13 +107,15 @@ def lora(d_in: int, d_out: int, tokens: int, repeats: int) -> dict:
     a = (torch.randn(16, d_in, generator=g) * 0.02).requires_grad_()
     b = (torch.randn(d_out, 16, generator=g) * 0.02).requires_grad_()
     x0, grad = torch.randn(tokens, d_in).bfloat16(), torch.randn(tokens, d_out).bfloat16()
-    scale = 2.0
-    ways = {
-        "base": lambda x: F.linear(x, w),
-        "peft": lambda x: (F.linear(x, w) + F.linear(F.linear(x.float(), a), b) * scale).bfloat16(),
-        "fused": lambda x: torch.addmm(F.linear(x, w).float(), F.linear(x.float(), a), b.t(),
-                                       alpha=scale).bfloat16(),
-    }  # fmt: skip
+
+    def ways(s: float) -> dict:
+        return {
+            "base": lambda x: F.linear(x, w),
+            "peft": lambda x: (F.linear(x, w) + F.linear(F.linear(x.float(), a), b) * s).bfloat16(),
+            "inplace": lambda x: F.linear(F.linear(x.float(), a), b).mul_(s).add_(F.linear(x, w)).bfloat16(),
+            "addmm": lambda x: torch.addmm(F.linear(x, w).float(), F.linear(x.float(), a), b.t(),
+                                           alpha=s).bfloat16(),
+        }  # fmt: skip
 
     def run(fn):
         x = x0.clone().requires_grad_()
@@ -121,10 +124,14 @@ def lora(d_in: int, d_out: int, tokens: int, repeats: int) -> dict:
         y.backward(grad)
         return y, x.grad, a.grad, b.grad
 
-    out = {name: best_ms(lambda fn=fn: run(fn), repeats) for name, fn in ways.items()}
-    out["fused_bitwise_peft"] = all(
-        torch.equal(p, f) for p, f in zip(run(ways["peft"]), run(ways["fused"]), strict=True)
-    )
+    out: dict = {name: best_ms(lambda fn=fn: run(fn), repeats) for name, fn in ways(2.0).items()}
+    for s in (2.0, 8 / 3):
+        peft = run(ways(s)["peft"])
+        for name in ("inplace", "addmm"):
+            got = run(ways(s)[name])
+            out[f"{name}_bitwise_peft_scaling_{s:.3g}"] = all(
+                torch.equal(p, q) for p, q in zip(peft, got, strict=True)
+            )
     return out
 
 
@@ -153,11 +160,15 @@ def main() -> None:
         fe, se = r["flash"]["rel_err_out_dq_dk_dv"], r["score"]["rel_err_out_dq_dk_dv"]
         print(f"| {n} | {r['positions']} | {r['flash']['ms']:.2f} | {r['score']['ms']:.2f} | "
               f"{r['speedup']:.2f}x | {fe[0]:.1e}, {fe[1]:.1e} / {se[0]:.1e}, {se[1]:.1e} |")  # fmt: skip
-    print(f"\n| LoRA layer, {args.tokens} tokens | base ms | peft ms | fused ms | bitwise |")
+    print(f"\n| LoRA layer, {args.tokens} tokens | base ms | peft ms | in place ms | addmm ms |")
     print("|---|---|---|---|---|")
     for n, r in report["lora"].items():
-        same = r["fused_bitwise_peft"]
-        print(f"| {n} | {r['base']:.2f} | {r['peft']:.2f} | {r['fused']:.2f} | {same} |")
+        print(
+            f"| {n} | {r['base']:.2f} | {r['peft']:.2f} | {r['inplace']:.2f} | {r['addmm']:.2f} |"
+        )
+    layers = list(report["lora"].values())
+    bitwise = {k: all(r[k] for r in layers) for k in layers[0] if "bitwise" in k}
+    print("bitwise peft:", bitwise)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from tokenrl.algorithms.logprobs import completion_logprobs, reference_logprobs
 from tokenrl.algorithms.losses import LossInputs, policy_loss
 from tokenrl.attention import score_attention
 from tokenrl.config import AUTOCAST_DTYPES
-from tokenrl.fusedlora import fused_lora
+from tokenrl.inplacelora import inplace_lora
 from tokenrl.models import autocast
 from tokenrl.rollout import RolloutBatch, select_rows
 from tokenrl.trainer import Trainer
@@ -57,7 +57,7 @@ def update_policy(tr: Trainer, batch: RolloutBatch, inputs: LossInputs) -> dict[
             # forward and backward: a checkpointed layer recomputes its forward in backward
             with (
                 score_attention(tr.model, cfg.optim.score_attention),
-                fused_lora(tr.model, cfg.optim.fused_lora),
+                inplace_lora(tr.model, cfg.optim.inplace_lora),
             ):
                 with autocast(tr.lm.device, AUTOCAST_DTYPES[cfg.model.autocast]):  # forward only
                     logp = completion_logprobs(
