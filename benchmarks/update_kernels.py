@@ -83,7 +83,7 @@ def attention(rows: int, lq: int, lk: int, pads: list[int], repeats: int) -> dic
         qq, kk, vv = (x.detach().to(dtype, copy=True).requires_grad_() for x in (q, k, v))
         out = fn(qq, kk, vv, mask)
         out.backward(grad.to(dtype))
-        return [x.double() for x in (out, qq.grad, kk.grad, vv.grad)]
+        return [x.detach().double() for x in (out, qq.grad, kk.grad, vv.grad)]
 
     exact = run(lambda *a: _flash(*a).nan_to_num(), torch.float64)
     some = mask.any(-1, keepdim=True).expand(-1, 14, -1, 64)  # queries with a key
@@ -92,8 +92,7 @@ def attention(rows: int, lq: int, lk: int, pads: list[int], repeats: int) -> dic
         got = run(fn)
         got[0], ref0 = got[0][some], exact[0][some]
         errs = [
-            float((a.detach() - b).norm() / b.norm())
-            for a, b in zip(got, [ref0, *exact[1:]], strict=True)
+            float((a - b).norm() / b.norm()) for a, b in zip(got, [ref0, *exact[1:]], strict=True)
         ]
         out[name] = {"ms": best_ms(lambda fn=fn: run(fn), repeats),
                      "rel_err_out_dq_dk_dv": errs}  # fmt: skip
