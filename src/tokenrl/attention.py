@@ -20,7 +20,7 @@ with a function that hands every call it does not change on to the entry it repl
   backward. torch's bf16 flash kernel on a CPU takes about 9 ms for a layer's attention with its
   backward however small the call (T-SPMO's 13 rows x 6 completion tokens, three 98-token
   prompts); for short sequences (:data:`SCORE_POSITIONS`) :class:`ScoreAttention` computes the
-  same attention by explicit products, in fp32 where it matters, 1.3-2x faster with its backward
+  same attention by explicit products, in fp32 where it matters, 1.25-2.2x faster with its backward
   on the same machine (``benchmarks/update_kernels.py``).
 
 fp32 and fp16 tensors, GPUs and calls outside the blocks are untouched.
@@ -38,11 +38,12 @@ from torch import nn
 IMPLEMENTATION = "sdpa"
 """The model attention implementation this applies to (transformers' default)."""
 
-SCORE_POSITIONS = 32768
+SCORE_POSITIONS = 16384
 """Most query x key positions of a call :func:`score_attention` computes by explicit products.
-On a 2-core AMD EPYC Zen 4 (torch 2.13, bf16, forward and backward; benchmarks/update_kernels.py)
-they were 1.3-2x faster than the flash kernel at the trainer's SVAMP shapes (up to 57 x 170) and
-at 16 x 300, as fast at 64 x 300, and 1.4-1.5x slower at 200 x 300 and 300 x 300."""
+On a 2-core AMD EPYC Zen 4 (torch 2.13, bf16, forward and backward; benchmarks/update_kernels.py,
+two runs) they were 1.25-2.2x faster than the flash kernel at the trainer's SVAMP shapes (up to
+57 x 170) and at 16 x 300, 1.0x and 0.8x at 64 x 300, and 1.4-1.9x slower at 200 x 300 and
+300 x 300."""
 
 SCORE_CHUNK = 1 << 20
 """Query-head x query x key scores computed at once (rows are split to stay below it): a fp32

@@ -120,9 +120,9 @@ class OptimConfig:
 
     score_attention: bool = True
     """On a CPU, the update's bf16 attention over short sequences (query x key positions up to
-    32,768, e.g. a 100-token prompt, or 64 completion tokens after it) is computed by explicit
+    16,384, e.g. a 100-token prompt, or 64 completion tokens after it) is computed by explicit
     products with fp32 scores (tokenrl.attention) instead of torch's flash kernel, which took
-    1.3-1.7x as long with its backward at the trainer's SVAMP shapes on an AMD EPYC Zen 4. The
+    1.25-2.2x as long with its backward at the trainer's SVAMP shapes on an AMD EPYC Zen 4. The
     same memory (scores recomputed in backward); the gradients agree to bf16 rounding (closer to
     exact than the kernel's), not bitwise. No effect on GPUs, fp32 models or sampling."""
 
