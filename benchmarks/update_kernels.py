@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tokenrl.attention import SCORE_CHUNK, ScoreAttention  # noqa: E402
+from benchmarks.step_bounds import best_seconds  # noqa: E402
+from tokenrl.attention import blocked_score_attention  # noqa: E402
 from tokenrl.machine import machine_info  # noqa: E402
 
 ATTENTION = {
@@ -48,13 +48,7 @@ LORA = {"gate/up 896 -> 4864": (896, 4864), "down 4864 -> 896": (4864, 896), "q/
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    return best_seconds(fn, "cpu", repeats) * 1e3
 
 
 def _flash(q, k, v, mask):
@@ -64,10 +58,7 @@ def _flash(q, k, v, mask):
 
 
 def _scored(q, k, v, mask):
-    rows = max(1, SCORE_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))  # as the update splits
-    return torch.cat([ScoreAttention.apply(q[i : i + rows], k[i : i + rows], v[i : i + rows],
-                                           mask[i : i + rows], 0.125)
-                      for i in range(0, q.shape[0], rows)])  # fmt: skip
+    return blocked_score_attention(q, k, v, mask, 0.125)  # as the update runs it, in blocks
 
 
 def attention(rows: int, lq: int, lk: int, pads: list[int], repeats: int) -> dict:

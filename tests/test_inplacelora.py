@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_logprobs import grouped_inputs
+from test_logprobs import grouped_inputs, lora_model
 
 from tokenrl.algorithms import selective_logprobs
 from tokenrl.inplacelora import inplace_lora
-from tokenrl.models import LoraSpec, apply_lora, build_tiny
+from tokenrl.models import build_tiny
 
 LAYERS = 2 * 7  # the tiny model: 2 layers x q, k, v, o, gate, up, down
 
 
-def _model(r: int = 3, alpha: int = 8, dropout: float = 0.0):
-    """Tiny Qwen2 + LoRA (scaling 8 / 3 by default: not a power of two) with random B."""
-    model, _ = build_tiny("tiny:seed=0")
-    model = apply_lora(model, LoraSpec(r=r, alpha=alpha, dropout=dropout))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
+def _model(dropout: float = 0.0):
+    """Tiny Qwen2 + LoRA with random B, scaling 8 / 3: not a power of two."""
+    return lora_model(seed=1, r=3, alpha=8, dropout=dropout)[0]
 
 
 def _logp_and_grads(model, on: bool, seed: int = 0, autocast: bool = False):

@@ -18,10 +18,11 @@ from tokenrl.rollout import RolloutBatch
 torch.set_num_threads(1)
 
 
-def lora_model(seed: int = 0):
-    """Tiny Qwen2 + LoRA whose B matrices are random, so the adapter changes the outputs."""
+def lora_model(seed: int = 0, **lora):
+    """Tiny Qwen2 + LoRA (``lora``: LoraSpec fields, r=4 and alpha=8 by default) whose B matrices
+    are random, so the adapter changes the outputs."""
     model, tok = build_tiny("tiny:seed=0")
-    model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    model = apply_lora(model, LoraSpec(**{"r": 4, "alpha": 8, **lora}))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_attention import _Heads
 from test_logprobs import grouped_inputs, lora_model
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -95,13 +96,6 @@ def test_keeps_no_score_sized_tensor_for_backward():
     assert sum(t.numel() for t in saved if t.dtype != torch.bool) == (
         q.numel() + k.numel() + v.numel() + 2 * 2 * 2 * 16  # + a log-sum-exp per query
     )
-
-
-class _Heads(torch.nn.Module):
-    """What transformers' sdpa function reads from an attention module (GQA: 4 over 2 heads)."""
-
-    num_key_value_groups = 2
-    is_causal = True
 
 
 @pytest.fixture

@@ -154,6 +154,18 @@ class ScoreAttention(torch.autograd.Function):
         return grad_q, grad_k.to(k.dtype), grad_v, None, None
 
 
+def blocked_score_attention(q, k, v, allowed: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """:class:`ScoreAttention` (same shapes) over blocks of rows of at most :data:`SCORE_CHUNK`
+    scores each."""
+    rows = max(1, SCORE_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))  # rows a block
+    out = []
+    for i in range(0, q.shape[0], rows):
+        part = slice(i, i + rows)
+        mask = allowed if allowed is None or allowed.shape[0] == 1 else allowed[part]
+        out.append(ScoreAttention.apply(q[part], k[part], v[part], mask, scale))
+    return torch.cat(out)
+
+
 def _allowed(module, query, key, attention_mask, is_causal) -> tuple[bool, torch.Tensor | None]:
     """(whether :class:`ScoreAttention` computes this call as transformers' sdpa would, its mask)."""
     Lq, Lk = query.shape[2], key.shape[2]
@@ -199,13 +211,8 @@ def scored(attend: Callable) -> Callable:
             return attend(module, query, key, value, attention_mask, dropout=dropout,
                           scaling=scaling, is_causal=is_causal, **kwargs)  # fmt: skip
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        rows = max(1, SCORE_CHUNK // (Hq * Lq * Lk))  # rows a block
-        out = []
-        for i in range(0, query.shape[0], rows):
-            part = slice(i, i + rows)
-            mask = allowed if allowed is None or allowed.shape[0] == 1 else allowed[part]
-            out.append(ScoreAttention.apply(query[part], key[part], value[part], mask, scale))
-        return torch.cat(out).transpose(1, 2).contiguous(), None  # [B, Lq, Hq, D], as sdpa's
+        out = blocked_score_attention(query, key, value, allowed, scale)
+        return out.transpose(1, 2).contiguous(), None  # [B, Lq, Hq, D], as sdpa's
 
     attention.wraps, attention.factory = attend, scored  # type: ignore[attr-defined]
     return attention

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from tokenrl.models import plain_lora_linear
+
 
 def _plain(layer: nn.Module) -> str | None:
     """The active adapter's name if ``layer`` is a plain peft LoRA ``Linear``, else None."""
@@ -45,10 +47,8 @@ def _plain(layer: nn.Module) -> str | None:
     plain = (
         name in layer.lora_A
         and name not in getattr(layer, "lora_variant", {})
-        and not layer.use_dora.get(name, False)
-        and not layer.lora_bias.get(name, False)
+        and plain_lora_linear(layer, [name])
         and layer.lora_B[name].bias is None
-        and isinstance(layer.get_base_layer(), nn.Linear)
     )
     return name if plain else None
 

@@ -260,6 +260,14 @@ def autocast(device: torch.device, dtype: str | None) -> contextlib.AbstractCont
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
+def plain_lora_linear(layer: nn.Module, adapters) -> bool:
+    """Whether peft LoRA ``Linear`` ``layer`` adapts a plain ``nn.Linear`` with ``adapters``
+    that are neither DoRA nor carry a bias: W x + s B (A x) and nothing else."""
+    return isinstance(layer.get_base_layer(), nn.Linear) and not any(
+        layer.use_dora.get(a, False) or layer.lora_bias.get(a, False) for a in adapters
+    )
+
+
 @contextlib.contextmanager
 def lora_merged(model: nn.Module) -> Iterator[bool]:
     """Inside the ``with``, ``model`` runs its LoRA-adapted linear layers as single matrices:
@@ -284,12 +292,7 @@ def lora_merged(model: nn.Module) -> Iterator[bool]:
         else []
     )
     foldable = bool(layers) and all(
-        isinstance(m, LoraLinear)
-        and isinstance(m.get_base_layer(), nn.Linear)
-        and not any(
-            m.use_dora.get(a, False) or m.lora_bias.get(a, False) for a in m.active_adapters
-        )
-        for m in layers
+        isinstance(m, LoraLinear) and plain_lora_linear(m, m.active_adapters) for m in layers
     )
     if not foldable:
         yield False
