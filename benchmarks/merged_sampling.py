@@ -5,7 +5,7 @@
         --prompts 4 --group-size 8 --max-new-tokens 32
 
 Times the trainer's rollout call (keyed sampling, shared prefill) on one LoRA model with a
-non-zero adapter, alternating the adapter path and tokenrl.models.lora_merged (the fold and
+non-zero adapter, alternating the adapter path and tokenrl.lorafold.lora_merged (the fold and
 the swap back included), median over repeats after a warm-up. Also checks that both paths
 sampled the same tokens.
 """
@@ -26,8 +26,9 @@ import torch  # noqa: E402
 
 from benchmarks.trl.inputs import randomise_lora_b  # noqa: E402
 from benchmarks.trl.measure import timing_summary  # noqa: E402
+from tokenrl.lorafold import lora_merged  # noqa: E402
 from tokenrl.machine import machine_info, versions  # noqa: E402
-from tokenrl.models import LoraSpec, load_model, lora_merged  # noqa: E402
+from tokenrl.models import LoraSpec, load_model  # noqa: E402
 from tokenrl.recipes.quickstart.plan import DEFAULT_MODEL  # noqa: E402
 from tokenrl.rollout import SamplingConfig, generate_rollouts  # noqa: E402
 

@@ -12,7 +12,6 @@ from tokenrl.models import (
     apply_lora,
     build_byte_tokenizer,
     load_model,
-    lora_merged,
 )
 
 TOK = build_byte_tokenizer()
@@ -181,72 +180,6 @@ def test_disabled_adapter_is_the_base_model():
             disabled = lm.model(ids).logits
     assert not torch.allclose(adapted, ref)
     assert torch.allclose(disabled, ref, atol=1e-6)
-
-
-class _OneLinear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(2, 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-def test_lora_merged_folds_the_adapter_into_the_weight_by_hand():
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(
-        _OneLinear(), LoraConfig(r=1, lora_alpha=2, target_modules=["proj"])
-    )  # scale 2
-    layer = model.base_model.model.proj
-    with torch.no_grad():
-        layer.base_layer.weight.copy_(torch.eye(2))
-        layer.lora_A["default"].weight.copy_(torch.tensor([[1.0, 2.0]]))  # A [1, 2]
-        layer.lora_B["default"].weight.copy_(torch.tensor([[3.0], [4.0]]))  # B [2, 1]
-    original = layer.base_layer.weight.data_ptr()
-    x = torch.tensor([[1.0, 1.0]])
-    # W x + 2 B (A x) = [1, 1] + 2 * 3 * [3, 4] = [19, 25]
-    assert model(x).tolist() == [[19.0, 25.0]]
-    with lora_merged(model) as merged:
-        assert merged
-        # W' = I + 2 * B @ A = I + 2 * [[3, 6], [4, 8]]
-        assert layer.base_layer.weight.tolist() == [[7.0, 12.0], [8.0, 17.0]]
-        assert model(x).tolist() == [[19.0, 25.0]]
-    assert layer.base_layer.weight.data_ptr() == original  # the same storage back, not W' - BA
-    assert layer.base_layer.weight.tolist() == [[1.0, 0.0], [0.0, 1.0]]
-    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
-
-
-def test_lora_merged_runs_no_adapter_matmul_and_matches_the_adapted_model():
-    lm = load_model("tiny", lora=LoraSpec(r=4))
-    with torch.no_grad():
-        for n, p in lm.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_()
-    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
-    calls = []
-    hooks = [
-        m.register_forward_hook(lambda *a: calls.append(1))
-        for n, m in lm.model.named_modules()
-        if n.endswith("lora_A.default")
-    ]
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
-    with torch.no_grad():
-        adapted = lm.model(ids).logits
-        n_adapted = len(calls)
-        with lora_merged(lm.model):
-            merged = lm.model(ids).logits
-    assert n_adapted == 14 and len(calls) == n_adapted  # 2 layers x 7 adapted linears, none inside
-    assert torch.allclose(merged, adapted, atol=1e-5)
-    assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())
-    for h in hooks:
-        h.remove()
-
-
-def test_lora_merged_leaves_a_model_without_adapter_alone():
-    model = load_model("tiny").model
-    with lora_merged(model) as merged:
-        assert merged is False
 
 
 def test_adapter_saves_in_peft_format_and_reloads(tmp_path):

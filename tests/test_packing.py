@@ -90,3 +90,56 @@ def test_with_a_lora_adapter_as_is_and_merged_the_tokens_are_the_same(tiny_bf16)
     assert torch.equal(out[True, False], out[False, False])
     assert torch.equal(out[True, True], out[False, True])
     assert all("forward" not in vars(m) for m in _linears(model))
+
+
+def _lora_bf16(model: nn.Module) -> nn.Module:
+    from tokenrl.models import LoraSpec, apply_lora
+
+    model = apply_lora(model, LoraSpec(r=4, alpha=12))  # scaling 3: not a power of two
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_merged_and_packed_layers_match_lora_merged_and_hold_no_merged_copy(tiny_bf16):
+    """With ``merge_lora`` each adapted layer runs its packed W + s B A: bitwise what
+    ``lora_merged`` computes, while W stays the model's own tensor and is not packed itself;
+    with gradients the adapter runs as it is (its gradients reach A and B)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from tokenrl.lorafold import lora_merged
+
+    model = _lora_bf16(tiny_bf16[0])
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    xs = [torch.randn(3, 7, layer.in_features).bfloat16() for layer in layers]
+    with torch.no_grad(), lora_merged(model):
+        expected = [layer(x) for layer, x in zip(layers, xs, strict=True)]
+    ptrs = [layer.get_base_layer().weight.data_ptr() for layer in layers]
+    with torch.no_grad(), packed_linears(model, merge_lora=True) as packed:
+        assert packed
+        for layer, x, want, ptr in zip(layers, xs, expected, ptrs, strict=True):
+            assert "forward" in vars(layer) and "forward" not in vars(layer.get_base_layer())
+            assert layer.get_base_layer().weight.data_ptr() == ptr  # no merged copy swapped in
+            assert torch.equal(layer(x), want)
+    with packed_linears(model, merge_lora=True):
+        adapted = layers[0](xs[0])  # gradients enabled: the adapter as it is
+    plain = layers[0](xs[0])  # outside the block: peft's own forward
+    assert torch.equal(adapted, plain)
+    adapted.float().sum().backward()
+    a = layers[0].lora_A["default"].weight
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+def test_merge_lora_without_packing_is_lora_merged(tiny_bf16):
+    from peft.tuners.lora import Linear as LoraLinear
+
+    model = _lora_bf16(tiny_bf16[0])
+    layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    w = layer.get_base_layer().weight
+    ptr = w.data_ptr()
+    with packed_linears(model, enabled=False, merge_lora=True) as packed:
+        assert not packed and layer.disable_adapters  # lora_merged: adapter off, W swapped
+        assert w.data_ptr() != ptr
+    assert not layer.disable_adapters and w.data_ptr() == ptr

@@ -163,17 +163,17 @@ def test_the_two_engines_sample_the_same_tokens_in_fp32(tiny):
 
 
 def test_an_engine_merges_lora_only_for_sampled_rollouts(tiny, monkeypatch):
-    import tokenrl.engines as engines
+    import tokenrl.packing as packing
 
-    model, tok = tiny
+    model, tok = tiny  # fp32: nothing packed, the merging is lora_merged's
     merged: list[bool] = []
-    real = engines.lora_merged
+    real = packing.lora_merged
 
     def spy(m):
         merged.append(True)
         return real(m)
 
-    monkeypatch.setattr(engines, "lora_merged", spy)
+    monkeypatch.setattr(packing, "lora_merged", spy)
     engine = HFEngine(model, tok, merge_lora=True)
     ids = [tok("7*8=", add_special_tokens=False)["input_ids"]]
     engine.generate(ids, SamplingConfig(max_new_tokens=2, greedy=True))  # evaluation: as it is

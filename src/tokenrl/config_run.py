@@ -33,7 +33,9 @@ class RolloutConfig:
     merge_lora: bool = False
     """Sample with each LoRA adapter folded into a copy of the weights it adapts (W + BA * alpha/r),
     one matmul per layer instead of three: faster rollouts on a CPU for one extra copy of the
-    adapted weights (tokenrl.models.lora_merged). The update always runs the adapter itself."""
+    adapted weights (tokenrl.lorafold.lora_merged), none where the weights are packed
+    (prepack_weights: each merged weight is packed at once). The update always runs the adapter
+    itself."""
 
     prepack_weights: bool = True
     """On a CPU, decode with the bf16 linear weights packed once per generation for oneDNN's

@@ -23,7 +23,7 @@ from typing import Protocol
 from torch import nn
 
 from tokenrl.attention import grouped_attention
-from tokenrl.models import autocast, lora_merged
+from tokenrl.models import autocast
 from tokenrl.packing import packed_linears
 from tokenrl.rollout import RolloutBatch, SamplingConfig, generate_rollouts
 
@@ -53,7 +53,7 @@ class HFEngine:
     """The policy itself, sampled through :func:`tokenrl.rollout.generate_rollouts`.
 
     ``autocast`` ("bfloat16" or None) and ``merge_lora`` (sample with each adapter folded into
-    its weight, :func:`tokenrl.models.lora_merged`) apply to sampled rollouts; greedy decoding
+    its weight: :func:`tokenrl.packing.packed_linears`) apply to sampled rollouts; greedy decoding
     (evaluation) runs in the weights' dtype with the adapter as it is. ``prepack_weights`` (both:
     bf16 weights on a CPU packed for oneDNN while decoding, :mod:`tokenrl.packing`; the same
     tokens). ``grouped_attention`` (both: a bf16 decode step's attention on a CPU
@@ -93,12 +93,11 @@ class HFEngine:
 
     def _context(self, greedy: bool) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
+        merge = self.merge_lora and not greedy  # merged outside autocast: its products in fp32
+        stack.enter_context(packed_linears(self.model, self.prepack_weights, merge_lora=merge))
         if not greedy:
-            if self.merge_lora:
-                stack.enter_context(lora_merged(self.model))
             device = next(self.model.parameters()).device
             stack.enter_context(autocast(device, self.autocast))
-        stack.enter_context(packed_linears(self.model, self.prepack_weights))  # after merging
         stack.enter_context(grouped_attention(self.model, self.grouped_attention))
         return stack
 

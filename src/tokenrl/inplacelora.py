@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from tokenrl.models import plain_lora_linear
+from tokenrl.lorafold import plain_lora_linear
 
 
 def _plain(layer: nn.Module) -> str | None:

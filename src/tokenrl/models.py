@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,61 +257,6 @@ def autocast(device: torch.device, dtype: str | None) -> contextlib.AbstractCont
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
-def plain_lora_linear(layer: nn.Module, adapters) -> bool:
-    """Whether peft LoRA ``Linear`` ``layer`` adapts a plain ``nn.Linear`` with ``adapters``
-    that are neither DoRA nor carry a bias: W x + s B (A x) and nothing else."""
-    return isinstance(layer.get_base_layer(), nn.Linear) and not any(
-        layer.use_dora.get(a, False) or layer.lora_bias.get(a, False) for a in adapters
-    )
-
-
-@contextlib.contextmanager
-def lora_merged(model: nn.Module) -> Iterator[bool]:
-    """Inside the ``with``, ``model`` runs its LoRA-adapted linear layers as single matrices:
-
-        W' = W + (alpha / r) * B @ A
-
-    held in new tensors swapped in for W, with the adapter layers switched off, so a forward pass
-    does one matmul per layer instead of three plus a scale and an add (sampling on a CPU: about
-    a quarter faster on the quickstart's tiny model). On leaving, each layer gets its original W
-    back (the same tensor, so bitwise unchanged; nothing is subtracted) and the adapters are on
-    again. Costs one extra copy of the adapted weights while inside. Yields True when it merged;
-    False (and changes nothing) for a model without a LoRA adapter or with layers it does not
-    fold (DoRA, LoRA biases, non-linear layers). For inference only: no gradients flow to A, B.
-    """
-    from peft import PeftModel
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
-
-    layers = (
-        [m for m in model.modules() if isinstance(m, LoraLayer)]
-        if isinstance(model, PeftModel)
-        else []
-    )
-    foldable = bool(layers) and all(
-        isinstance(m, LoraLinear) and plain_lora_linear(m, m.active_adapters) for m in layers
-    )
-    if not foldable:
-        yield False
-        return
-    originals: list[tuple[nn.Linear, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for m in layers:
-                base = m.get_base_layer()
-                merged = base.weight.data.clone()
-                for adapter in m.active_adapters:
-                    if adapter in m.lora_A:
-                        merged += m.get_delta_weight(adapter).to(merged.dtype)
-                originals.append((base, base.weight.data))
-                base.weight.data = merged
-        with model.disable_adapter():
-            yield True
-    finally:
-        for base, weight in originals:
-            base.weight.data = weight
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, trainable: bool = False):

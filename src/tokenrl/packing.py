@@ -10,6 +10,9 @@ and holds a second copy of its bf16 weights until the generation ends; the weigh
 are untouched (the update, and an adapter merged for sampling, change them between
 generations, so every generation packs afresh).
 
+With the adapter folded in for sampling (``rollout.merge_lora``), each LoRA-adapted layer is
+merged and packed in one pass (:func:`packed_linears`), so no merged unpacked copy is kept.
+
 Only ``nn.Linear`` modules with bf16 weights on the CPU are packed (a LoRA adapter's fp32 A and
 B are not); a call with gradients enabled, or with an input of another dtype, runs ``F.linear``.
 """
@@ -22,6 +25,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tokenrl.lorafold import Scratch, foldable_lora_layers, lora_merged, merged_weight
 
 ROWS_HINT = 32
 """Rows the packed layout is tuned for (a decode step's rows at the trainer's 4 x 8); any row
@@ -50,22 +55,60 @@ def _packed_linear(weight: nn.Parameter, packed: torch.Tensor, bias: torch.Tenso
     return forward
 
 
+def _packed_lora(layer: nn.Module, packed: torch.Tensor):
+    peft_forward, bias = type(layer).forward, layer.get_base_layer().bias
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or x.dtype != torch.bfloat16 or torch.is_grad_enabled():
+            return peft_forward(layer, x, *args, **kwargs)  # the adapter as it is
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return forward
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+
+
 @contextlib.contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
+def packed_linears(
+    model: nn.Module, enabled: bool = True, *, merge_lora: bool = False
+) -> Iterator[bool]:
     """Within the block, ``model``'s bf16 ``nn.Linear`` modules run on packed copies of their
-    weights (yields whether any were packed); afterwards they are as before."""
-    if not enabled or why_not_packed(model) is not None:
-        yield False
-        return
+    weights (yields whether any were packed); afterwards they are as before.
+
+    ``merge_lora``: sample with each LoRA adapter folded into the weight it adapts, as
+    :func:`tokenrl.lorafold.lora_merged` does, with the same merged weights
+    (:func:`tokenrl.lorafold.merged_weight`) and so the same tokens. Where the weights are packed,
+    each adapted layer is merged and packed in turn and runs on its packed merged weight, so no
+    merged copy of the model is held; a call the packed op does not take (gradients, another
+    dtype) runs the adapter as it is. Elsewhere, or for an adapter that does not fold,
+    ``lora_merged`` does the merging.
+    """
+    packs = enabled and why_not_packed(model) is None
+    lora = foldable_lora_layers(model) if merge_lora and packs else []
     patched = []
-    try:
-        for module in model.modules():
-            w = module.weight if type(module) is nn.Linear else None
-            if w is not None and w.dtype == torch.bfloat16 and w.device.type == "cpu":
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), ROWS_HINT)
-                module.forward = _packed_linear(w, packed, module.bias)  # the instance's own
-                patched.append(module)
-        yield bool(patched)
-    finally:
-        for module in patched:
-            del module.forward  # back to nn.Linear.forward
+    with lora_merged(model) if merge_lora and not lora else contextlib.nullcontext():
+        try:
+            if packs:
+                scratch = Scratch()  # each merged weight is packed at once: one buffer for all
+                for layer in lora:
+                    w = layer.get_base_layer().weight
+                    merged = merged_weight(layer, scratch, scratch.take(w, w.dtype, "merged"))
+                    layer.forward = _packed_lora(layer, _pack(merged))
+                    patched.append(layer)
+                merged_bases = {id(layer.get_base_layer()) for layer in lora}
+                for module in model.modules():
+                    w = module.weight if type(module) is nn.Linear else None
+                    if (
+                        w is not None
+                        and w.dtype == torch.bfloat16
+                        and w.device.type == "cpu"
+                        and id(module) not in merged_bases
+                    ):
+                        module.forward = _packed_linear(w, _pack(w), module.bias)
+                        patched.append(module)  # the instance's own forward
+            yield bool(patched)
+        finally:
+            for module in patched:
+                del module.forward  # back to the class's forward

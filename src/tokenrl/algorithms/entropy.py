@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from tokenrl.algorithms.logprobs import hidden_before_targets
-from tokenrl.models import decoder_and_head, lora_merged
+from tokenrl.lorafold import lora_merged
+from tokenrl.models import decoder_and_head
 from tokenrl.rollout import RolloutBatch
 
 
@@ -55,7 +56,7 @@ def token_entropy(
     """H_t at every real completion token of ``batch`` -> [B, T] float32 (0 on padding).
 
     ``merge_lora``: run the pass with the adapter folded into the weights
-    (:func:`tokenrl.models.lora_merged`, as sampling does with ``rollout.merge_lora``): one
+    (:func:`tokenrl.lorafold.lora_merged`, as sampling does with ``rollout.merge_lora``): one
     matmul per adapted layer instead of three; the same entropies up to float rounding."""
     body, head = decoder_and_head(model)
     was_training = model.training
