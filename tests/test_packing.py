@@ -143,3 +143,17 @@ def test_merge_lora_without_packing_is_lora_merged(tiny_bf16):
         assert not packed and layer.disable_adapters  # lora_merged: adapter off, W swapped
         assert w.data_ptr() != ptr
     assert not layer.disable_adapters and w.data_ptr() == ptr
+
+
+def test_merge_lora_with_an_adapted_fp32_weight_folds_all_by_lora_merged(tiny_bf16):
+    """One adapted layer kept in fp32 (not packed): the one pass would leave it unfolded, so
+    lora_merged folds every layer and the bf16 ones are packed as plain weights."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    model = _lora_bf16(tiny_bf16[0])
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    layers[0].get_base_layer().float()
+    with packed_linears(model, merge_lora=True) as packed:
+        assert packed and all(m.disable_adapters for m in layers)  # lora_merged's
+        assert "forward" not in vars(layers[0]) and "forward" in vars(layers[1].get_base_layer())
+    assert not any(m.disable_adapters for m in layers)

@@ -46,6 +46,10 @@ def why_not_packed(model: nn.Module) -> str | None:
     return None
 
 
+def _packable(weight: torch.Tensor) -> bool:
+    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+
+
 def _packed_linear(weight: nn.Parameter, packed: torch.Tensor, bias: torch.Tensor | None):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.bfloat16 or torch.is_grad_enabled():  # no backward for the packed op
@@ -87,6 +91,8 @@ def packed_linears(
     """
     packs = enabled and why_not_packed(model) is None
     lora = foldable_lora_layers(model) if merge_lora and packs else []
+    if not all(_packable(layer.get_base_layer().weight) for layer in lora):
+        lora = []  # an adapted weight that is not packed: lora_merged folds them all
     patched = []
     with lora_merged(model) if merge_lora and not lora else contextlib.nullcontext():
         try:
@@ -100,12 +106,7 @@ def packed_linears(
                 merged_bases = {id(layer.get_base_layer()) for layer in lora}
                 for module in model.modules():
                     w = module.weight if type(module) is nn.Linear else None
-                    if (
-                        w is not None
-                        and w.dtype == torch.bfloat16
-                        and w.device.type == "cpu"
-                        and id(module) not in merged_bases
-                    ):
+                    if w is not None and _packable(w) and id(module) not in merged_bases:
                         module.forward = _packed_linear(w, _pack(w), module.bias)
                         patched.append(module)  # the instance's own forward
             yield bool(patched)
