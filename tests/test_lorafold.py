@@ -103,3 +103,21 @@ def test_merged_weight_with_scratch_is_bitwise_peft_at_a_scaling_of_8_3(dtype):
         out = scratch.take(expected, dtype, "merged")
         assert merged_weight(layer, scratch, out).data_ptr() == out.data_ptr()
         assert torch.equal(out, expected)
+
+
+def test_a_lora_variant_is_not_plain_and_not_folded():
+    """peft's LoRA variants (DoRA among them) merge by their own rules, not W + s B A: such a
+    layer is left to the adapter, by lora_merged and by the in-place update alike."""
+    from tokenrl.inplacelora import inplace_lora
+    from tokenrl.lorafold import plain_lora_linear
+
+    lm = load_model("tiny", lora=LoraSpec(r=4))
+    layer = foldable_lora_layers(lm.model)[0]
+    assert plain_lora_linear(layer, ["default"])
+    layer.lora_variant["default"] = object()  # any variant, as peft records one
+    assert not plain_lora_linear(layer, ["default"])
+    assert foldable_lora_layers(lm.model) == []
+    with lora_merged(lm.model) as merged:
+        assert merged is False
+    with inplace_lora(lm.model) as patched:
+        assert patched == 13 and "forward" not in vars(layer)  # 14 adapted layers, one variant

@@ -46,7 +46,6 @@ def _plain(layer: nn.Module) -> str | None:
     (name,) = layer.active_adapters
     plain = (
         name in layer.lora_A
-        and name not in getattr(layer, "lora_variant", {})
         and plain_lora_linear(layer, [name])
         and layer.lora_B[name].bias is None
     )

@@ -23,16 +23,19 @@ from torch import nn
 
 def plain_lora_linear(layer: nn.Module, adapters) -> bool:
     """Whether peft LoRA ``Linear`` ``layer`` adapts a plain ``nn.Linear`` with ``adapters``
-    that are neither DoRA nor carry a bias: W x + s B (A x) and nothing else."""
+    that are neither DoRA nor another LoRA variant nor carry a bias: W x + s B (A x) and nothing
+    else."""
+    variants = getattr(layer, "lora_variant", {})  # peft's DoRA and other variants
     return isinstance(layer.get_base_layer(), nn.Linear) and not any(
-        layer.use_dora.get(a, False) or layer.lora_bias.get(a, False) for a in adapters
+        layer.use_dora.get(a, False) or layer.lora_bias.get(a, False) or a in variants
+        for a in adapters
     )
 
 
 def foldable_lora_layers(model: nn.Module) -> list[nn.Module]:
     """``model``'s peft LoRA layers when every one is a plain LoRA ``Linear`` that
     :func:`merged_weight` folds; [] for a model without an adapter or with a layer it does not
-    fold (DoRA, LoRA biases, non-linear layers)."""
+    fold (DoRA or another LoRA variant, LoRA biases, non-linear layers)."""
     from peft import PeftModel
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
@@ -63,15 +66,11 @@ class Scratch:
 
 
 def _delta(layer: nn.Module, adapter: str, dtype: torch.dtype, scratch: Scratch | None):
-    """s * B @ A of ``adapter`` rounded to ``dtype``: peft's ``get_delta_weight``, into
-    ``scratch``'s buffers where it is the plain product (fp32 A and B, no fan-in/fan-out
-    transpose, no LoRA variant)."""
+    """s * B @ A of ``adapter`` (of a layer :func:`plain_lora_linear` accepts) rounded to
+    ``dtype``: peft's ``get_delta_weight``, into ``scratch``'s buffers where it is the plain
+    product (fp32 A and B, no fan-in/fan-out transpose)."""
     A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    plain = (
-        A.dtype == B.dtype == torch.float32
-        and not layer.fan_in_fan_out
-        and adapter not in getattr(layer, "lora_variant", {})
-    )
+    plain = A.dtype == B.dtype == torch.float32 and not layer.fan_in_fan_out
     if scratch is None or not plain:
         return layer.get_delta_weight(adapter).to(dtype)
     w = layer.get_base_layer().weight

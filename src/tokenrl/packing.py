@@ -20,10 +20,10 @@ B are not); a call with gradients enabled, or with an input of another dtype, ru
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tokenrl.lorafold import Scratch, foldable_lora_layers, lora_merged, merged_weight
@@ -50,21 +50,13 @@ def _packable(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
 
 
-def _packed_linear(weight: nn.Parameter, packed: torch.Tensor, bias: torch.Tensor | None):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.bfloat16 or torch.is_grad_enabled():  # no backward for the packed op
-            return F.linear(x, weight, bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-    return forward
-
-
-def _packed_lora(layer: nn.Module, packed: torch.Tensor):
-    peft_forward, bias = type(layer).forward, layer.get_base_layer().bias
+def _packed(packed: torch.Tensor, bias: torch.Tensor | None, fallback: Callable):
+    """A forward by the packed op, or by ``fallback`` for a call it does not take (gradients,
+    another dtype, extra arguments)."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or x.dtype != torch.bfloat16 or torch.is_grad_enabled():
-            return peft_forward(layer, x, *args, **kwargs)  # the adapter as it is
+            return fallback(x, *args, **kwargs)  # no backward for the packed op
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     return forward
@@ -101,13 +93,15 @@ def packed_linears(
                 for layer in lora:
                     w = layer.get_base_layer().weight
                     merged = merged_weight(layer, scratch, scratch.take(w, w.dtype, "merged"))
-                    layer.forward = _packed_lora(layer, _pack(merged))
+                    fallback = functools.partial(type(layer).forward, layer)  # the adapter as it is
+                    layer.forward = _packed(_pack(merged), layer.get_base_layer().bias, fallback)
                     patched.append(layer)
                 merged_bases = {id(layer.get_base_layer()) for layer in lora}
                 for module in model.modules():
                     w = module.weight if type(module) is nn.Linear else None
                     if w is not None and _packable(w) and id(module) not in merged_bases:
-                        module.forward = _packed_linear(w, _pack(w), module.bias)
+                        fallback = functools.partial(nn.Linear.forward, module)
+                        module.forward = _packed(_pack(w), module.bias, fallback)
                         patched.append(module)  # the instance's own forward
             yield bool(patched)
         finally:
